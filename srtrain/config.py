@@ -1,0 +1,308 @@
+"""Job configuration: dataclass defaults, a YAML file, then `--key=value` overrides.
+
+Every value is typed and validated here, before any data is loaded or a model is built, so that a typo
+costs a second rather than an hour. The dataclass defaults are the default job (ESPCN x4 on the sample
+photographs that scikit-image ships).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from srtrain.models import model_options
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased so that the message says how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    """The model's registered name plus the keyword arguments its builder accepts."""
+
+    name: str = "espcn"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where HR (and optional LR) images come from and how training patches are drawn."""
+
+    train: str = "default"
+    val: str = "default"
+    train_split: str = "train"
+    val_split: str = "validation"
+    hr_column: str = "hr"
+    lr_column: str = "lr"
+    repeat: int = 400
+    num_workers: int = 0
+    cache: bool = True
+    max_val_images: int = 0
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases run settings; an empty `mode` means online with an API key, else offline."""
+
+    project: str = "srtrain"
+    entity: str = ""
+    name: str = ""
+    mode: Literal["", "online", "offline", "disabled"] = ""
+
+
+@dataclass
+class Config:
+    """One training job. `batch_size` is per process; the global batch is printed at start."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    scale: int = 4
+    epochs: int = 20
+    batch_size: int = 16
+    grad_accum: int = 1
+    patch_size: int = 96
+    lr: float = 3e-3
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    min_lr: float = 1e-5
+    step_epochs: int = 10
+    gamma: float = 0.5
+    loss: Literal["l1", "mse"] = "l1"
+    grad_clip: float = 0.0
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    output_dir: str = ""
+    resume: str = ""
+    val_every: int = 1
+    num_samples: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, as written to `config.yaml` and sent to W&B."""
+        d = dataclasses.asdict(self)
+        d["model"] = {"name": self.model.name, **self.model.args}
+        return d
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "wandb": WandbConfig}
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def valid_keys(model_name: str | None = None) -> list[str]:
+    """Every settable dotted key, including the options of `model_name` when it is a known model."""
+    keys = [k for k in _fields(Config) if k not in _SECTIONS]
+    keys += [f"data.{k}" for k in _fields(DataConfig)]
+    keys += [f"wandb.{k}" for k in _fields(WandbConfig)]
+    keys += ["model", "model.name"]
+    if model_name is not None:
+        keys += [f"model.{k}" for k in model_options(model_name)]
+    return keys
+
+
+# Names other SR code bases use for our keys, which string similarity alone would not find.
+_SYNONYMS = {
+    "learning_rate": "lr",
+    "upscale_factor": "scale",
+    "upscale": "scale",
+    "crop_size": "patch_size",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "batch": "batch_size",
+    "precision": "mixed_precision",
+    "out_dir": "output_dir",
+    "arch": "model",
+}
+
+
+def _unknown_key(key: str, model_name: str | None) -> ConfigError:
+    keys = valid_keys(model_name)
+    close = difflib.get_close_matches(key, keys + list(_SYNONYMS), n=1, cutoff=0.5)
+    hint = f"; did you mean '{_SYNONYMS.get(close[0], close[0])}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint} Valid keys: {', '.join(sorted(keys))}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (from YAML or the command line) to `tp`, or raise naming the key and type."""
+    if tp is inspect.Parameter.empty or tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        text = "" if value is None else str(value)
+        if text in allowed:
+            return text
+    elif origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            if arm is type(None) and value in (None, "null", "none", "None"):
+                return None
+            try:
+                return coerce(key, value, arm)
+            except ConfigError:
+                continue
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key in _SECTIONS:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, str]]:
+    """Split `--config FILE` from `--key=value` / `--key value` overrides, keeping their order."""
+    config_file = None
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}': overrides look like --key=value")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"'--{key}' needs a value: write --{key}=VALUE")
+            value = argv[i + 1]
+            i += 1
+        key = key.replace("-", "_") if key != "config" else key
+        if key == "config":
+            config_file = value
+        else:
+            overrides[key] = value
+        i += 1
+    return config_file, overrides
+
+
+def load_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build a validated Config from dataclass defaults, an optional YAML file and overrides."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist (jobs live in jobs/, e.g. jobs/quick.yaml)")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
+        if isinstance(loaded.get("model"), str):
+            loaded["model"] = {"name": loaded["model"]}
+        values.update(_flatten(loaded))
+    for key, value in (overrides or {}).items():
+        values["model.name" if key == "model" else key] = value
+
+    cfg = Config()
+    model_name = str(values.get("model.name", cfg.model.name))
+    try:
+        options = model_options(model_name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    top = _fields(Config)
+    for key, value in values.items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            if key not in top or key in _SECTIONS:
+                raise _unknown_key(key, model_name)
+            setattr(cfg, key, coerce(key, value, top[key]))
+        elif section == "model":
+            if name == "name":
+                cfg.model.name = coerce(key, value, str)
+            elif name in options:
+                cfg.model.args[name] = coerce(key, value, options[name])
+            else:
+                raise _unknown_key(key, model_name)
+        elif section in _SECTIONS:
+            sub = _fields(_SECTIONS[section])
+            if name not in sub:
+                raise _unknown_key(key, model_name)
+            setattr(getattr(cfg, section), name, coerce(key, value, sub[name]))
+        else:
+            raise _unknown_key(key, model_name)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check relations between values that types alone cannot express."""
+    checks = [
+        (cfg.scale in (2, 3, 4), f"scale must be 2, 3 or 4, got {cfg.scale}"),
+        (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be a positive number, got {cfg.lr}"),
+        (
+            cfg.patch_size % cfg.scale == 0 and cfg.patch_size >= 4 * cfg.scale,
+            f"patch_size (HR pixels) must be a multiple of scale {cfg.scale} and at least {4 * cfg.scale}, "
+            f"got {cfg.patch_size}; try --patch_size={max(4, round(cfg.patch_size / cfg.scale)) * cfg.scale}",
+        ),
+        (cfg.data.repeat >= 1, f"data.repeat must be >= 1, got {cfg.data.repeat}"),
+        (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),
+        (cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns clipping off), got {cfg.grad_clip}"),
+        (
+            cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
+            f"resume must be '', 'auto' or an existing checkpoint directory, got '{cfg.resume}'",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config so that a run directory says exactly what produced it."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,277 @@
+"""The training loop, top to bottom: set-up, resume, then per epoch train, validate, log, checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import broadcast_object_list, set_seed
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from srtrain.checkpoint import TrainState, copy_checkpoint, is_checkpoint, load_checkpoint, save_checkpoint
+from srtrain.config import Config, ConfigError
+from srtrain.data import TrainPatches, ValImages, load_images
+from srtrain.evaluation import evaluate
+from srtrain.models import build_model
+from srtrain.tracking import Tracker, console, sample_grid
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: raised at the first NaN/inf loss, before more compute is wasted."""
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """The Accelerator for this job; refuses launches that would silently run the wrong way."""
+    use_cpu = not torch.cuda.is_available()
+    if cfg.mixed_precision == "fp16" and use_cpu:
+        raise ConfigError("mixed_precision=fp16 needs a GPU; on CPU use --mixed_precision=bf16 or no")
+    accelerator = Accelerator(
+        cpu=use_cpu,
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with="wandb",
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but accelerate sees one process: every copy would train alone on all data. "
+            "Launch with `accelerate launch --multi_gpu --num_processes N srtrain/main.py` "
+            "(on CPU also set ACCELERATE_USE_CPU=1)."
+        )
+    return accelerator
+
+
+def resolve_output_dir(cfg: Config) -> Path:
+    """The run directory: `--output_dir`, the latest matching run for `--resume=auto`, or a new one."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    prefix = f"{cfg.model.name}_x{cfg.scale}_"
+    if cfg.resume == "auto":
+        runs = sorted(p for p in Path("runs").glob(prefix + "*") if is_checkpoint(p / "checkpoints" / "last"))
+        if runs:
+            return runs[-1]
+    stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
+    broadcast_object_list(stamp)
+    return Path("runs") / (prefix + stamp[0])
+
+
+def resume_path(cfg: Config, out_dir: Path) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh start."""
+    if cfg.resume == "auto":
+        for name in ("last", "last.old"):
+            if is_checkpoint(out_dir / "checkpoints" / name):
+                return out_dir / "checkpoints" / name
+        return None
+    if cfg.resume:
+        path = Path(cfg.resume)
+        path = path / "checkpoints" / "last" if is_checkpoint(path / "checkpoints" / "last") else path
+        if not is_checkpoint(path):
+            raise ConfigError(f"resume: '{cfg.resume}' holds no checkpoint (model.safetensors + training_state.pt)")
+        return path
+    return None
+
+
+def check_resumable(cfg: Config, ckpt: Path) -> None:
+    saved = yaml.safe_load((ckpt / "config.yaml").read_text())
+    for key in ("scale",):
+        if saved[key] != getattr(cfg, key):
+            raise ConfigError(f"resume: checkpoint {ckpt} was trained with {key}={saved[key]}, not {getattr(cfg, key)}")
+    if saved["model"]["name"] != cfg.model.name:
+        raise ConfigError(f"resume: checkpoint {ckpt} holds model '{saved['model']['name']}', not '{cfg.model.name}'")
+
+
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Per-step LR multiplier: linear warm-up, then cosine to `min_lr`, step decay, or constant."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "cosine":
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            floor = cfg.min_lr / cfg.lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.scheduler == "step":
+            return cfg.gamma ** (step // (cfg.step_epochs * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(cfg: Config) -> dict[str, float]:
+    """Run one job; return the final summary (best and last PSNR-Y, bicubic PSNR-Y)."""
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    out_dir = resolve_output_dir(cfg)
+    ckpt = resume_path(cfg, out_dir)
+    if ckpt is not None:
+        check_resumable(cfg, ckpt)
+    main = accelerator.is_main_process
+    model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
+
+    train_images = load_images(cfg.data, "train")
+    val_images = load_images(cfg.data, "val")
+    train_images.check(cfg.scale, cfg.patch_size, f"lower --patch_size (now {cfg.patch_size}) or remove the image")
+    val_images.check(cfg.scale, 8 * cfg.scale, "remove it from the validation set")
+    train_set = TrainPatches(train_images, cfg.scale, cfg.patch_size, cfg.data.repeat, cfg.seed)
+    val_set = ValImages(val_images, cfg.scale)
+
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = torch.nn.functional.l1_loss if cfg.loss == "l1" else torch.nn.functional.mse_loss
+    workers = cfg.data.num_workers
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=workers)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = len(train_loader) // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"an epoch has {len(train_set)} patches, fewer than one global batch "
+            f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}); raise --data.repeat"
+        )
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
+
+    state = TrainState(wandb_run_id=uuid.uuid4().hex[:8])
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler)
+    config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(config_yaml)
+    tracker = Tracker(accelerator, cfg, out_dir, state.wandb_run_id)
+    global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+    n_params = sum(p.numel() for p in model.parameters())
+    if main:
+        console.print(
+            f"[bold]srtrain[/] {cfg.model.name} x{cfg.scale}: {n_params:,} parameters, "
+            f"{len(train_images)} train / {len(val_images)} val images, {accelerator.num_processes} process(es) "
+            f"on {accelerator.device}, batch {cfg.batch_size}/process x {accelerator.num_processes} x "
+            f"{cfg.grad_accum} accumulation = {global_batch} global, lr {cfg.lr}, {cfg.mixed_precision} precision, "
+            f"run dir {out_dir}" + (f", resuming from epoch {state.epoch} ({ckpt})" if ckpt else "")
+        )
+
+    bicubic = evaluate(
+        build_model("bicubic", cfg.scale).to(accelerator.device), val_loader, accelerator, cfg.scale, loss_fn
+    )
+    bicubic_psnr_y = bicubic["psnr_y"].mean().item()
+    sample_ids = range(min(cfg.num_samples, len(val_set)))
+    last: dict[str, float] = {}
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        train_set.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        patches = 0
+        with Progress(
+            TextColumn(f"epoch {epoch}/{cfg.epochs}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not main,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("train", total=len(train_loader), loss=float("nan"))
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    sr = model(batch["lr"])
+                    loss = loss_fn(sr.float(), batch["hr"])
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"loss became {loss.item()} at epoch {epoch}, step {state.step}: lower --lr "
+                            f"(now {cfg.lr}), set --grad_clip, or use --mixed_precision=no; "
+                            f"the last good checkpoint is in {out_dir / 'checkpoints'}"
+                        )
+                    accelerator.backward(loss)
+                    if cfg.grad_clip and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    state.step += 1
+                loss_sum += loss.detach().double() * len(batch["lr"])
+                patches += len(batch["lr"])
+                progress.update(task, advance=1, loss=loss.item())
+        epoch_time = time.perf_counter() - start
+        totals = accelerator.reduce(
+            torch.stack([loss_sum, torch.tensor(float(patches), device=loss_sum.device, dtype=torch.float64)]),
+            "sum",
+        )
+        state.epoch = epoch
+        if epoch % cfg.val_every and epoch != cfg.epochs:
+            continue
+
+        val = evaluate(model, val_loader, accelerator, cfg.scale, loss_fn)
+        last = {
+            "train_loss": (totals[0] / totals[1]).item() if totals[1] else float("nan"),
+            "val_loss": val["loss"].mean().item(),
+            "psnr_y": val["psnr_y"].mean().item(),
+            "ssim_y": val["ssim_y"].mean().item(),
+            "psnr_rgb": val["psnr_rgb"].mean().item(),
+            "bicubic_psnr_y": bicubic_psnr_y,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": epoch_time,
+            "patches_per_s": totals[1].item() / epoch_time,
+        }
+        improved = last["psnr_y"] > state.best_psnr_y
+        if improved:
+            state.best_psnr_y, state.best_epoch = last["psnr_y"], epoch
+        if main:
+            plain = accelerator.unwrap_model(model)
+            tracker.log_samples(
+                [
+                    sample_grid(
+                        plain,
+                        val_set[i]["lr"][None].to(accelerator.device),
+                        val_set[i]["hr"][None].to(accelerator.device),
+                        cfg.scale,
+                    )
+                    for i in sample_ids
+                ],
+                epoch,
+            )
+            tracker.log_epoch(last, epoch)
+            tracker.summary(best_psnr_y=state.best_psnr_y, best_epoch=state.best_epoch, bicubic_psnr_y=bicubic_psnr_y)
+            ckpt_dir = out_dir / "checkpoints"
+            save_checkpoint(ckpt_dir / "last", plain, optimizer, scheduler, state, config_yaml, accelerator.scaler)
+            if improved:
+                copy_checkpoint(ckpt_dir / "last", ckpt_dir / "best")
+        accelerator.wait_for_everyone()
+
+    tracker.finish()
+    summary = {
+        "best_psnr_y": state.best_psnr_y,
+        "best_epoch": state.best_epoch,
+        "bicubic_psnr_y": bicubic_psnr_y,
+        **{f"final_{k}": v for k, v in last.items()},
+    }
+    if main:
+        final = last.get("psnr_y", state.best_psnr_y)
+        console.print(
+            f"[bold]done[/]: final val PSNR-Y {final:.2f} dB vs bicubic {bicubic_psnr_y:.2f} dB "
+            f"({final - bicubic_psnr_y:+.2f} dB); best {state.best_psnr_y:.2f} dB at epoch {state.best_epoch}; "
+            f"checkpoints in {out_dir / 'checkpoints'}"
+        )
+    return summary

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real SR benchmark images in ../shared/data, and small real-photo folders."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data (the SR benchmark images) is absent")
+
+# Tests never reach W&B servers: offline runs are real files we read back.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.pop("WANDB_API_KEY", None)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.array(PIL.Image.open(path).convert("RGB"))
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    """Four real photographs (Set5 crops), a small HR folder that trains in seconds."""
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for name in ("baby", "bird", "head", "woman"):
+        img = PIL.Image.open(DATA / "Set5" / f"{name}.png").convert("RGB")
+        img.crop((0, 0, 120, 120)).save(folder / f"{name}.png")
+    return folder

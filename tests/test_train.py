@@ -1,0 +1,199 @@
+"""End to end: `accelerate launch srtrain/main.py` trains, logs to W&B (offline) and files, and resumes."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+import yaml
+from conftest import DATA, ROOT, needs_data
+from safetensors.torch import load_file
+
+from srtrain.config import ConfigError, load_config
+from srtrain.train import make_scheduler, train
+
+pytestmark = needs_data
+LAUNCH = [
+    "accelerate",
+    "launch",
+    "--num_processes",
+    "1",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    str(ROOT / "srtrain" / "main.py"),
+]
+METRIC_KEYS = {
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "psnr_y",
+    "ssim_y",
+    "psnr_rgb",
+    "lr",
+    "epoch_time_s",
+    "patches_per_s",
+}
+
+
+def tiny_job(train_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"--data.train={train_dir}",
+        f"--data.val={DATA / 'Set5'}",
+        "--data.max_val_images=2",
+        "--data.repeat=8",
+        "--batch_size=8",
+        "--patch_size=48",
+        "--lr=0.002",
+        "--num_samples=2",
+        "--scheduler=constant",
+        f"--output_dir={out}",
+        *extra,
+    ]
+
+
+def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run(LAUNCH + args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    proc = subprocess.run(
+        ["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(proc.stdout)
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    proc = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, photo_folder_module):
+    """Two epochs straight through: the reference for the end-to-end and resume checks."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    proc = launch(tiny_job(photo_folder_module, out, "--epochs=2"), out.parent)
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def photo_folder_module(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("baby", "bird", "head", "woman"):
+        img = PIL.Image.open(DATA / "Set5" / f"{name}.png").convert("RGB")
+        img.crop((0, 0, 120, 120)).save(folder / f"{name}.png")
+    return folder
+
+
+def test_end_to_end_files(full_run):
+    out, proc = full_run
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r.keys() >= METRIC_KEYS for r in rows)
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert "final val PSNR-Y" in proc.stdout and "bicubic" in proc.stdout
+    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.002
+    for name in ("last", "best"):
+        ckpt = out / "checkpoints" / name
+        weights = load_file(str(ckpt / "model.safetensors"))
+        assert "body.0.weight" in weights
+        state = torch.load(ckpt / "training_state.pt", weights_only=True)
+        assert {"optimizer", "scheduler", "state"} <= state.keys()
+    assert torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]["epoch"] == 2
+    grid = PIL.Image.open(out / "samples" / "epoch_0002.png")
+    assert grid.size == (4 * 512, 512 + 288)  # rows LR | bicubic | SR | HR of baby (512^2) and bird (288^2)
+    assert not list(out.parent.glob("runs"))  # nothing written outside --output_dir
+
+
+def test_wandb_offline_run_read_back(full_run):
+    out, proc = full_run
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    summary = wandb_summary(run_dir)
+    rows = metrics(out)
+    assert summary["state"] == "finished" and summary["project"] == "srtrain"
+    assert summary["config"]["lr"] == 0.002 and summary["config"]["model"]["name"] == "espcn"
+    assert summary["summary"]["best_psnr_y"] == pytest.approx(max(r["psnr_y"] for r in rows))
+    history = wandb_history(run_dir)
+    assert [h["_step"] for h in history] == [1, 2]
+    assert [h["psnr_y"] for h in history] == pytest.approx([r["psnr_y"] for r in rows])
+    assert all(h["samples._type"] == "image-file" for h in history)
+    assert len(list((run_dir / "files" / "media" / "images").glob("*.png"))) == 2
+    assert "wandb sync" in proc.stdout
+
+
+def test_resume_continues_exactly(full_run, photo_folder_module, tmp_path):
+    """Stop after epoch 1, resume to 2: identical to the straight run (constant LR, so that the first
+    segment's schedule does not depend on its shorter `--epochs`)."""
+    reference, _ = full_run
+    out = tmp_path / "run"
+    launch(tiny_job(photo_folder_module, out, "--epochs=1"), tmp_path)
+    proc = launch(tiny_job(photo_folder_module, out, "--epochs=2", "--resume=auto"), tmp_path)
+    assert "resuming from epoch 1" in proc.stdout
+    rows, ref_rows = metrics(out), metrics(reference)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "val_loss", "psnr_y", "lr"):
+        assert rows[1][key] == pytest.approx(ref_rows[1][key], rel=1e-5), key
+    resumed = load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
+    straight = load_file(str(reference / "checkpoints" / "last" / "model.safetensors"))
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
+    ids = {p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1  # the resumed segment logs to the same W&B run id
+
+
+def test_nan_loss_stops_with_a_clear_error(photo_folder, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        LAUNCH + tiny_job(photo_folder, tmp_path / "run", "--epochs=1", "--lr=1e20", "--loss=mse"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    assert "lower --lr" in proc.stderr + proc.stdout
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        train(load_config(overrides={"mixed_precision": "fp16"}))
+
+
+def test_schedule_warmup_then_cosine_to_min_lr():
+    cfg = load_config(overrides={"lr": 0.01, "min_lr": 0.001, "epochs": 4, "warmup_epochs": 1})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(lrs[9:-1], lrs[10:], strict=True))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
