@@ -1,19 +1,30 @@
-"""Command line: `srtrain [train] [--config FILE] [--key=value ...]`."""
+"""Command line: `srtrain [train] [--config FILE] [--key=value ...]` and `srtrain eval ...`."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
-from srtrain.config import ConfigError, load_config, parse_overrides
+from srtrain.config import ConfigError, DataConfig, load_config, parse_overrides
 from srtrain.data import DataError
 
 USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]
+       srtrain eval (--checkpoint RUN_DIR_OR_FOLDER | --model NAME) --data SOURCE [--data ...] --scale N
 
   train   train a model (the default command); e.g. srtrain --model=espcn --lr=0.001 --scale=4
           runs under `accelerate launch srtrain/main.py ...` for several processes or GPUs
+  eval    score a trained model or the bicubic baseline as the SR literature does (srtrain eval -h)
 """
+
+
+def _error(err: Exception) -> int:
+    Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    return 2
 
 
 def train_main(argv: list[str]) -> int:
@@ -27,13 +38,96 @@ def train_main(argv: list[str]) -> int:
         config_file, overrides = parse_overrides(argv)
         train(load_config(config_file, overrides))
     except (ConfigError, DataError, NonFiniteLossError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
+        return _error(err)
+    return 0
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    from srtrain.evaluation import SCORES
+
+    p = argparse.ArgumentParser(
+        prog="srtrain eval",
+        description="Score SR models with MATLAB bicubic LR, Y-channel PSNR/SSIM and border shave.",
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", type=Path, help="a run directory (its best checkpoint) or a checkpoint folder")
+    who.add_argument("--model", help="a registered model, e.g. bicubic; with --weights for external weights")
+    p.add_argument("--weights", type=Path, help="safetensors or weights-only torch file for --model")
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="HR image folder (LR made by MATLAB bicubic), HR_DIR,LR_DIR folder pair, .parquet/.arrow, "
+        "save_to_disk folder or Hub id; repeat for several sets",
+    )
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscale factor (default: the checkpoint's)")
+    p.add_argument("--json", type=Path, help="write the results, per image too, to this JSON file")
+    p.add_argument("--gray", choices=("replicate", "direct"), default="replicate", help="how gray images are scored")
+    p.add_argument("--metrics", default="psnr_y,ssim_y,psnr_rgb", help=f"comma list of {', '.join(SCORES)}")
+    p.add_argument("--tile", type=int, default=0, help="LR tile size for tiled inference (0 = whole image)")
+    p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of context around each tile")
+    p.add_argument("--split", default="validation", help="split of a Hub id or dataset dict")
+    p.add_argument("--hr-column", default="hr")
+    p.add_argument("--lr-column", default="lr")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    return p
+
+
+def eval_main(argv: list[str]) -> int:
+    """`srtrain eval`: a rich table per run and, with --json, every figure per image."""
+    args = eval_parser().parse_args(argv)
+    import torch
+    from accelerate import Accelerator
+
+    from srtrain.checkpoint import load_model_weights, model_from_checkpoint
+    from srtrain.evaluation import SCORES, evaluate_source
+    from srtrain.models import build_model
+
+    scores = [s.strip() for s in args.metrics.split(",") if s.strip()]
+    try:
+        unknown = [s for s in scores if s not in SCORES]
+        if unknown:
+            raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(SCORES)}")
+        if args.checkpoint:
+            model, scale = model_from_checkpoint(args.checkpoint)
+            if args.scale not in (None, scale):
+                raise ConfigError(f"--scale {args.scale} but checkpoint {args.checkpoint} was trained for x{scale}")
+        else:
+            if args.scale is None:
+                raise ConfigError("--scale is required with --model")
+            scale = args.scale
+            model = build_model(args.model, scale)
+            if args.weights:
+                load_model_weights(model, args.weights)
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
+        model = accelerator.prepare_model(model, evaluation_mode=True)
+        results = []
+        for source in args.data:
+            data = DataConfig(
+                val=source, val_split=args.split, hr_column=args.hr_column, lr_column=args.lr_column, gray=args.gray
+            )
+            results.append(evaluate_source(model, data, scale, accelerator, scores, args.tile, args.tile_overlap))
+    except (ConfigError, DataError, ValueError) as err:
+        return _error(err)
+    if not accelerator.is_main_process:
+        return 0
+    table = Table(title=f"srtrain eval: {args.checkpoint or args.model}, {accelerator.num_processes} process(es)")
+    for column in ("set", "scale", *scores, "images", "seconds"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for r in results:
+        figures = [f"{r[s]:.2f}" if s.startswith("psnr") else f"{r[s]:.4f}" for s in scores]
+        table.add_row(r["dataset"], f"x{r['scale']}", *figures, str(r["n_images"]), f"{r['seconds']:.1f}")
+    Console().print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results}, indent=2))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "eval":
+        return eval_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)

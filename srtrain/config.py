@@ -36,7 +36,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where HR (and optional LR) images come from and how training patches are drawn."""
+    """Where HR (and optional LR) images come from and how training patches are drawn.
+
+    `gray` is how gray validation images are scored: replicated to RGB first (as papers score their own
+    models) or with the gray level used directly as Y (as the published bicubic tables were made).
+    """
 
     train: str = "default"
     val: str = "default"
@@ -48,6 +52,7 @@ class DataConfig:
     num_workers: int = 0
     cache: bool = True
     max_val_images: int = 0
+    gray: Literal["replicate", "direct"] = "replicate"
 
 
 @dataclass

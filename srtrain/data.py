@@ -74,6 +74,20 @@ def _folder_dataset(folder: Path) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"hr": [str(p) for p in files], "name": names}, features=features)
 
 
+def _folder_pair_dataset(hr_dir: Path, lr_dir: Path) -> datasets.Dataset:
+    """HR images with the LR images of the same relative file name (e.g. MATLAB-made benchmark LR)."""
+    hr = _folder_dataset(hr_dir)
+    lr_paths = []
+    for name in hr["name"]:
+        matches = sorted(
+            p for p in (lr_dir / name).parent.glob(Path(name).stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not matches:
+            raise DataError(f"no LR image for '{name}' in '{lr_dir}': LR files must share the HR file names")
+        lr_paths.append(str(matches[0]))
+    return hr.add_column("lr", lr_paths).cast_column("lr", datasets.Image())
+
+
 def _pick_split(ds: datasets.Dataset | datasets.DatasetDict, split: str, spec: str) -> datasets.Dataset:
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
@@ -83,7 +97,16 @@ def _pick_split(ds: datasets.Dataset | datasets.DatasetDict, split: str, spec: s
 
 
 def load_source(spec: str, split: str) -> datasets.Dataset:
-    """Open one data source as a `datasets.Dataset` without decoding any image."""
+    """Open one data source as a `datasets.Dataset` without decoding any image.
+
+    `HR_DIR,LR_DIR` names a folder pair whose LR images share the HR file names.
+    """
+    if "," in spec:
+        hr_dir, lr_dir = (Path(part).expanduser() for part in spec.split(",", 1))
+        for folder in (hr_dir, lr_dir):
+            if not folder.is_dir():
+                raise DataError(f"'{folder}' in the folder pair '{spec}' is not a folder (expected HR_DIR,LR_DIR)")
+        return _folder_pair_dataset(hr_dir, lr_dir)
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
@@ -110,13 +133,17 @@ def load_source(spec: str, split: str) -> datasets.Dataset:
 
 @dataclass
 class ImageSet:
-    """The HR (and, when paired, LR) images of one split, decoded on demand into uint8 CHW RGB tensors."""
+    """The HR (and, when paired, LR) images of one split, decoded on demand into uint8 CHW tensors.
+
+    Images are RGB; gray images are replicated to RGB unless `keep_gray`, which keeps them one channel.
+    """
 
     dataset: datasets.Dataset
     source: str
     hr_column: str
     lr_column: str | None
     cache: bool = True
+    keep_gray: bool = False
     _cache: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -147,12 +174,14 @@ class ImageSet:
         if key in self._cache:
             return self._cache[key]
         try:
-            pixels = np.asarray(self._open(column, i).convert("RGB"))
+            image = self._open(column, i)
+            gray = self.keep_gray and image.mode in ("L", "I", "I;16", "1")
+            pixels = np.asarray(image.convert("L" if gray else "RGB"))
         except OSError as err:
             raise DataError(
                 f"image '{self.name(i)}' ({column}) in '{self.source}' is corrupt ({err}); replace or remove it"
             ) from err
-        tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+        tensor = torch.from_numpy(pixels.copy()).reshape(*pixels.shape[:2], -1).permute(2, 0, 1).contiguous()
         if self.cache:
             self._cache[key] = tensor
         return tensor
@@ -197,7 +226,7 @@ def load_images(cfg: DataConfig, role: Literal["train", "val"]) -> ImageSet:
         ds = ds.select(range(min(cfg.max_val_images, len(ds))))
     if len(ds) == 0:
         raise DataError(f"'{spec}' (split '{split}') holds no images")
-    return ImageSet(ds, spec, cfg.hr_column, lr_column, cfg.cache)
+    return ImageSet(ds, spec, cfg.hr_column, lr_column, cfg.cache, keep_gray=role == "val" and cfg.gray == "direct")
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:

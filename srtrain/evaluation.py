@@ -1,20 +1,66 @@
-"""Validation: per-image SR metrics computed on each process's share, gathered without duplicates.
+"""Evaluation: per-image SR scores computed on each process's share, gathered without duplicates.
 
-Training validation and `srtrain eval` share this code path, so a figure logged during training is
-the figure the evaluation command reports for the same weights.
+Training validation and `srtrain eval` share `evaluate`, so a figure logged during training is the
+figure the evaluation command reports for the same weights and images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from srtrain.metrics import psnr_rgb, psnr_y, ssim_y
+from srtrain.config import DataConfig
+from srtrain.data import ValImages, load_images
+from srtrain.metrics import GrayMode, psnr_rgb, psnr_y, rgb_to_y, ssim_y
 
-PER_IMAGE_KEYS = ("index", "loss", "psnr_y", "ssim_y", "psnr_rgb")
+Score = Callable[[Tensor, Tensor, int, GrayMode], Tensor]
+SCORES: dict[str, Score] = {
+    "psnr_y": lambda sr, hr, scale, gray: psnr_y(sr, hr, shave=scale, gray=gray),
+    "ssim_y": lambda sr, hr, scale, gray: ssim_y(sr, hr, shave=scale, gray=gray),
+    "psnr_rgb": lambda sr, hr, scale, gray: psnr_rgb(sr, hr),
+}
+DEFAULT_SCORES = ("psnr_y", "ssim_y", "psnr_rgb")
+
+
+def _tiled(model: torch.nn.Module, lr: Tensor, scale: int, tile: int, overlap: int) -> Tensor:
+    """Run the model tile by tile (each with `overlap` LR pixels of context) and stitch the centres.
+
+    Memory is bounded by one tile plus the output. With an overlap at least the model's receptive
+    radius (in LR pixels), a convolutional model's output equals whole-image inference.
+    """
+    h, w = lr.shape[-2:]
+    if tile <= 0 or (h <= tile and w <= tile):
+        return model(lr)
+    out = None
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            py0, px0 = max(y0 - overlap, 0), max(x0 - overlap, 0)
+            sr = model(lr[..., py0 : min(y1 + overlap, h), px0 : min(x1 + overlap, w)])
+            if out is None:
+                out = sr.new_empty(*sr.shape[:2], h * scale, w * scale)
+            oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+            out[..., y0 * scale : y1 * scale, x0 * scale : x1 * scale] = sr[
+                ..., oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
+            ]
+    return out
+
+
+def super_resolve(model: torch.nn.Module, lr: Tensor, scale: int, tile: int = 0, overlap: int = 16) -> Tensor:
+    """SR output in float32. A gray (1-channel) image goes through the RGB model replicated and comes
+    back as its luma (the rgb2ycbcr weights), so that it can be scored as gray."""
+    rgb = lr.expand(-1, 3, -1, -1) if lr.shape[1] == 1 else lr
+    sr = _tiled(model, rgb, scale, tile, overlap).float()
+    if lr.shape[1] == 1:
+        sr = ((rgb_to_y(sr * 255) - 16) / 219).float()
+    return sr
 
 
 @torch.no_grad()
@@ -23,31 +69,61 @@ def evaluate(
     loader: DataLoader,
     accelerator: Accelerator,
     scale: int,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """Per-image metrics over the whole (sharded) loader, gathered on every process in image order.
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    scores: Sequence[str] = DEFAULT_SCORES,
+    gray: GrayMode = "replicate",
+    tile: int = 0,
+    overlap: int = 16,
+) -> dict[str, Tensor]:
+    """Per-image `index`, `loss` (with a loss function) and scores over the whole sharded loader,
+    gathered on every process in image order.
 
-    The model runs under the accelerator's autocast; its output is scored in float32 after
-    rounding to uint8, as the SR literature scores saved images.
+    The model runs under the accelerator's autocast; its output is scored in float64 after rounding to
+    uint8, as the SR literature scores saved images.
     """
     model.eval()
+    keys = ["index", *(["loss"] if loss_fn else []), *scores]
     rows = []
     for batch in loader:
         lr, hr = batch["lr"], batch["hr"]
-        sr = model(lr).float()
-        per_image = torch.stack(
-            [
-                batch["index"].to(torch.float64),
-                torch.stack([loss_fn(s[None], h[None]) for s, h in zip(sr, hr, strict=True)]).double(),
-                psnr_y(sr, hr, shave=scale),
-                ssim_y(sr, hr, shave=scale),
-                psnr_rgb(sr, hr),
-            ],
-            dim=1,
-        )
-        rows.append(accelerator.gather_for_metrics(per_image))
+        sr = super_resolve(model, lr, scale, tile, overlap)
+        columns = [batch["index"].to(torch.float64)]
+        if loss_fn:
+            columns.append(torch.stack([loss_fn(s[None], h[None]) for s, h in zip(sr, hr, strict=True)]).double())
+        columns += [SCORES[name](sr, hr, scale, gray) for name in scores]
+        rows.append(accelerator.gather_for_metrics(torch.stack(columns, dim=1)))
     table = torch.cat(rows).cpu()
     table = table[table[:, 0].argsort()]
-    out = dict(zip(PER_IMAGE_KEYS, table.unbind(1), strict=True))
+    out = dict(zip(keys, table.unbind(1), strict=True))
     out["index"] = out["index"].long()
     return out
+
+
+def evaluate_source(
+    model: torch.nn.Module,
+    data: DataConfig,
+    scale: int,
+    accelerator: Accelerator,
+    scores: Sequence[str] = DEFAULT_SCORES,
+    tile: int = 0,
+    overlap: int = 16,
+) -> dict[str, Any]:
+    """Score one validation source (`data.val`): the means and the per-image figures, JSON-ready."""
+    start = time.perf_counter()
+    images = load_images(data, "val")
+    images.check(scale, 8 * scale, "remove it from the evaluation set")
+    loader = accelerator.prepare_data_loader(DataLoader(ValImages(images, scale), batch_size=1))
+    per_image = evaluate(model, loader, accelerator, scale, None, scores, data.gray, tile, overlap)
+    rows = [
+        {"name": images.name(i), **{k: per_image[k][n].item() for k in scores}}
+        for n, i in enumerate(per_image["index"].tolist())
+    ]
+    return {
+        "dataset": Path(data.val.split(",")[0]).name or data.val,
+        "source": data.val,
+        "scale": scale,
+        **{k: per_image[k].mean().item() for k in scores},
+        "n_images": len(rows),
+        "seconds": time.perf_counter() - start,
+        "per_image": rows,
+    }

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from srtrain.config import Config
+from srtrain.evaluation import super_resolve
 from srtrain.metrics import quantize
 from srtrain.models.bicubic import Bicubic
 
@@ -58,10 +59,10 @@ def wandb_mode(cfg: Config) -> str:
 def sample_grid(model: torch.nn.Module, lr: torch.Tensor, hr: torch.Tensor, scale: int) -> np.ndarray:
     """One row LR (nearest) | bicubic | SR | HR for a single image, as an HxWx3 uint8 array."""
     with torch.no_grad():
-        sr = model(lr).float()
+        sr = super_resolve(model, lr, scale)
     nearest = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
     bicubic = Bicubic(scale)(lr)
-    row = torch.cat([quantize(t) for t in (nearest, bicubic, sr, hr)], dim=-1)[0]
+    row = torch.cat([quantize(t).expand(-1, 3, -1, -1) for t in (nearest, bicubic, sr, hr)], dim=-1)[0]
     return row.permute(1, 2, 0).to(torch.uint8).cpu().numpy()
 
 

@@ -170,7 +170,7 @@ def train(cfg: Config) -> dict[str, float]:
         )
 
     bicubic = evaluate(
-        build_model("bicubic", cfg.scale).to(accelerator.device), val_loader, accelerator, cfg.scale, loss_fn
+        build_model("bicubic", cfg.scale).to(accelerator.device), val_loader, accelerator, cfg.scale, gray=cfg.data.gray
     )
     bicubic_psnr_y = bicubic["psnr_y"].mean().item()
     sample_ids = range(min(cfg.num_samples, len(val_set)))
@@ -223,7 +223,7 @@ def train(cfg: Config) -> dict[str, float]:
         if epoch % cfg.val_every and epoch != cfg.epochs:
             continue
 
-        val = evaluate(model, val_loader, accelerator, cfg.scale, loss_fn)
+        val = evaluate(model, val_loader, accelerator, cfg.scale, loss_fn, gray=cfg.data.gray)
         last = {
             "train_loss": (totals[0] / totals[1]).item() if totals[1] else float("nan"),
             "val_loss": val["loss"].mean().item(),

@@ -197,3 +197,22 @@ def test_schedule_warmup_then_cosine_to_min_lr():
     assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(lrs[9:-1], lrs[10:], strict=True))
     assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_path):
+    """Training validation and `srtrain eval` share one code path: same weights, same images, same PSNR-Y."""
+    out, _ = full_run
+    val = tmp_path / "val"
+    val.mkdir()
+    for name in ("baby", "bird"):  # the two validation images of the tiny job (max_val_images=2)
+        (val / f"{name}.png").write_bytes((DATA / "Set5" / f"{name}.png").read_bytes())
+    report = tmp_path / "eval.json"
+    subprocess.run(
+        ["srtrain", "eval", "--checkpoint", str(out), "--data", str(val), "--json", str(report)],
+        check=True,
+        timeout=300,
+    )
+    (result,) = json.loads(report.read_text())["results"]
+    best = max(metrics(out), key=lambda r: r["psnr_y"])
+    assert result["psnr_y"] == pytest.approx(best["psnr_y"], abs=1e-9)
+    assert result["ssim_y"] == pytest.approx(best["ssim_y"], abs=1e-9)

@@ -1,0 +1,73 @@
+"""Time the full Set14 x4 evaluation, split into its stages, so that metrics never dominate validation.
+
+    python benchmarks/eval_speed.py [--data ../shared/data/Set14] [--scale 4] [--repeats 5]
+
+Prints the median seconds over the repeats of: PNG decoding, MATLAB bicubic LR creation, bicubic
+upscaling (the model), each metric, and the end-to-end `evaluate_source` (what `srtrain eval` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from srtrain.config import DataConfig
+from srtrain.data import load_images
+from srtrain.degradation import imresize, modcrop
+from srtrain.evaluation import SCORES, evaluate_source
+from srtrain.models import build_model
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "Set14"))
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    s, n = args.scale, args.repeats
+    data = DataConfig(val=args.data, gray="direct", cache=False)
+    images = load_images(data, "val")
+    decode = median_seconds(lambda: [images.hr(i) for i in range(len(images))], n)
+    hr = [modcrop(images.hr(i), s) for i in range(len(images))]
+    resize = median_seconds(lambda: [imresize(x, 1 / s) for x in hr], n)
+    lr = [(imresize(x, 1 / s).float() / 255)[None] for x in hr]
+    hr01 = [(x.float() / 255)[None] for x in hr]
+    bicubic = build_model("bicubic", s)
+    upscale = median_seconds(lambda: [bicubic(x) for x in lr], n)
+    sr = [bicubic(x) for x in lr]
+    metric = {
+        name: median_seconds(lambda fn=fn: [fn(a, b, s, "direct") for a, b in zip(sr, hr01, strict=True)], n)
+        for name, fn in SCORES.items()
+    }
+    accelerator = Accelerator(cpu=True)
+    end_to_end = median_seconds(lambda: evaluate_source(bicubic, data, s, accelerator), n)
+
+    print(
+        f"Set14 x{s}: {len(hr)} images, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); median of {n} runs, seconds"
+    )
+    rows = [("decode PNGs", decode), ("LR by MATLAB imresize (uint8)", resize), ("bicubic upscale (model)", upscale)]
+    rows += [(f"metric {name}", t) for name, t in metric.items()]
+    rows += [("end to end: evaluate_source (psnr_y, ssim_y, psnr_rgb)", end_to_end)]
+    for label, t in rows:
+        print(f"  {label:<58} {t:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
