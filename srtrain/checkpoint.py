@@ -1,10 +1,10 @@
 """Checkpoints: model weights as safetensors plus everything else a resume needs, written atomically.
 
-A checkpoint is a folder: `model.safetensors`, `training_state.pt` (optimizer, scheduler, grad scaler,
+A checkpoint is a folder: `model.safetensors`, `training_state.pt` (optimizer, grad scaler,
 TrainState; loaded with `weights_only=True`, so nothing arbitrary is unpickled) and `config.yaml`. It is
 written to a temporary sibling and swapped in with renames, so a crash mid-write leaves the previous
-checkpoint intact. Data order and augmentation are pure functions of (seed, epoch, index), so no RNG
-state is needed for an exact continuation.
+checkpoint intact. Data order and augmentation are pure functions of (seed, epoch, index) and the learning rate
+is a function of the TrainState, so no RNG or scheduler state is needed for an exact continuation.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class TrainState:
     step: int = 0
     best_psnr_y: float = -math.inf
     best_epoch: int = 0
+    train_seconds: float = 0.0
     wandb_run_id: str = ""
 
 
@@ -64,7 +65,6 @@ def save_checkpoint(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
     state: TrainState,
     config_yaml: str,
     scaler: Any = None,
@@ -79,7 +79,6 @@ def save_checkpoint(
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "state": dataclasses.asdict(state),
         },
@@ -148,14 +147,11 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, int]:
     return model, config["scale"]
 
 
-def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None
-) -> TrainState:
-    """Restore model, optimizer, scheduler and scaler in place; return the saved TrainState."""
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None) -> TrainState:
+    """Restore model, optimizer and scaler in place; return the saved TrainState."""
     load_model_weights(model, path)
     saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
     return TrainState(**saved["state"])

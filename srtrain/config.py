@@ -67,7 +67,12 @@ class WandbConfig:
 
 @dataclass
 class Config:
-    """One training job. `batch_size` is per process; the global batch is printed at start."""
+    """One training job. `batch_size` is per process; the global batch is printed at start.
+
+    The LR schedule runs over the training's progress from 0 to 1: steps done out of `epochs` worth of
+    steps or, with `time_budget_min`, training minutes spent out of the budget (`epochs` is then a cap).
+    `warmup` and `step_every` are fractions of that progress.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -81,10 +86,12 @@ class Config:
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0
     scheduler: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: int = 0
+    warmup: float = 0.0
     min_lr: float = 1e-5
-    step_epochs: int = 10
+    step_every: float = 0.5
     gamma: float = 0.5
+    time_budget_min: float = 0.0
+    init_from: str = ""
     loss: Literal["l1", "mse"] = "l1"
     grad_clip: float = 0.0
     seed: int = 0
@@ -296,6 +303,10 @@ def validate(cfg: Config) -> None:
             f"got {cfg.patch_size}; try --patch_size={max(4, round(cfg.patch_size / cfg.scale)) * cfg.scale}",
         ),
         (cfg.data.repeat >= 1, f"data.repeat must be >= 1, got {cfg.data.repeat}"),
+        (0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}"),
+        (0 < cfg.step_every <= 1, f"step_every is a fraction of training in (0, 1], got {cfg.step_every}"),
+        (cfg.time_budget_min >= 0, f"time_budget_min must be >= 0 (0 = no budget), got {cfg.time_budget_min}"),
+        (cfg.init_from == "" or Path(cfg.init_from).exists(), f"init_from: '{cfg.init_from}' does not exist"),
         (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),
         (cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns clipping off), got {cfg.grad_clip}"),
         (

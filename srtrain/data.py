@@ -13,6 +13,7 @@ run draws exactly the patches the interrupted one would have.
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,18 +97,31 @@ def _pick_split(ds: datasets.Dataset | datasets.DatasetDict, split: str, spec: s
     return ds
 
 
+def data_root() -> Path:
+    """Where relative data paths in jobs are looked up: $SRTRAIN_DATA, else `data/` in the repository."""
+    return Path(os.environ.get("SRTRAIN_DATA", Path(__file__).resolve().parents[1] / "data")).expanduser()
+
+
+def resolve_path(spec: str) -> Path:
+    """A local path as given if it exists, else relative to the data root (jobs name `T91`, `Set5`, ...)."""
+    path = Path(spec).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    return data_root() / path
+
+
 def load_source(spec: str, split: str) -> datasets.Dataset:
     """Open one data source as a `datasets.Dataset` without decoding any image.
 
     `HR_DIR,LR_DIR` names a folder pair whose LR images share the HR file names.
     """
     if "," in spec:
-        hr_dir, lr_dir = (Path(part).expanduser() for part in spec.split(",", 1))
+        hr_dir, lr_dir = (resolve_path(part) for part in spec.split(",", 1))
         for folder in (hr_dir, lr_dir):
             if not folder.is_dir():
                 raise DataError(f"'{folder}' in the folder pair '{spec}' is not a folder (expected HR_DIR,LR_DIR)")
         return _folder_pair_dataset(hr_dir, lr_dir)
-    path = Path(spec).expanduser()
+    path = resolve_path(spec)
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return _pick_split(datasets.load_from_disk(str(path)), split, spec)
@@ -120,8 +134,11 @@ def load_source(spec: str, split: str) -> datasets.Dataset:
         if path.suffix in (".parquet", ".arrow"):
             return datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train")
         raise DataError(f"'{spec}' is a file but not .parquet or .arrow; pass a folder of images instead")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise DataError(f"data source '{spec}' does not exist (expected a folder, a .parquet/.arrow file or a Hub id)")
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise DataError(
+            f"data source '{spec}' is neither a local path (here or under the data root {data_root()}, "
+            "set by $SRTRAIN_DATA) nor a Hub dataset id of the form user/name"
+        )
     try:
         return datasets.load_dataset(spec, split=split)
     except Exception as err:

@@ -56,8 +56,10 @@ def wandb_mode(cfg: Config) -> str:
     return "online" if _has_wandb_key() else "offline"
 
 
-def sample_grid(model: torch.nn.Module, lr: torch.Tensor, hr: torch.Tensor, scale: int) -> np.ndarray:
-    """One row LR (nearest) | bicubic | SR | HR for a single image, as an HxWx3 uint8 array."""
+def sample_grid(model: torch.nn.Module, sample: dict[str, torch.Tensor], scale: int) -> np.ndarray:
+    """One row LR (nearest) | bicubic | SR | HR for a validation sample, as an HxWx3 uint8 array."""
+    device = next(model.parameters()).device
+    lr, hr = sample["lr"][None].to(device), sample["hr"][None].to(device)
     with torch.no_grad():
         sr = super_resolve(model, lr, scale)
     nearest = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")

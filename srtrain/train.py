@@ -12,11 +12,18 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast, broadcast_object_list, set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from srtrain.checkpoint import TrainState, copy_checkpoint, is_checkpoint, load_checkpoint, save_checkpoint
+from srtrain.checkpoint import (
+    TrainState,
+    copy_checkpoint,
+    is_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
 from srtrain.config import Config, ConfigError
 from srtrain.data import TrainPatches, ValImages, load_images
 from srtrain.evaluation import evaluate
@@ -89,23 +96,17 @@ def check_resumable(cfg: Config, ckpt: Path) -> None:
         raise ConfigError(f"resume: checkpoint {ckpt} holds model '{saved['model']['name']}', not '{cfg.model.name}'")
 
 
-def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Per-step LR multiplier: linear warm-up, then cosine to `min_lr`, step decay, or constant."""
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.scheduler == "cosine":
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            floor = cfg.min_lr / cfg.lr
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-        if cfg.scheduler == "step":
-            return cfg.gamma ** (step // (cfg.step_epochs * steps_per_epoch))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def lr_at(cfg: Config, progress: float) -> float:
+    """The learning rate at `progress` in [0, 1] of training: linear warm-up, then cosine to `min_lr`,
+    step decay by `gamma` every `step_every`, or constant."""
+    if progress < cfg.warmup:
+        return cfg.lr * progress / cfg.warmup
+    t = min(1.0, (progress - cfg.warmup) / (1 - cfg.warmup))
+    if cfg.scheduler == "cosine":
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.scheduler == "step":
+        return cfg.lr * cfg.gamma ** math.floor(t / cfg.step_every)
+    return cfg.lr
 
 
 def train(cfg: Config) -> dict[str, float]:
@@ -120,6 +121,8 @@ def train(cfg: Config) -> dict[str, float]:
     model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
+    if cfg.init_from and ckpt is None:
+        load_model_weights(model, Path(cfg.init_from))
 
     train_images = load_images(cfg.data, "train")
     val_images = load_images(cfg.data, "val")
@@ -148,34 +151,45 @@ def train(cfg: Config) -> dict[str, float]:
             f"an epoch has {len(train_set)} patches, fewer than one global batch "
             f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}); raise --data.repeat"
         )
-    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
+    total_steps = cfg.epochs * steps_per_epoch
+    budget_s = cfg.time_budget_min * 60
 
     state = TrainState(wandb_run_id=uuid.uuid4().hex[:8])
     if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler)
+        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(config_yaml)
     tracker = Tracker(accelerator, cfg, out_dir, state.wandb_run_id)
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if main:
+        budget = f"{cfg.time_budget_min:g} min budget" if budget_s else f"{total_steps} steps"
         console.print(
             f"[bold]srtrain[/] {cfg.model.name} x{cfg.scale}: {n_params:,} parameters, "
             f"{len(train_images)} train / {len(val_images)} val images, {accelerator.num_processes} process(es) "
             f"on {accelerator.device}, batch {cfg.batch_size}/process x {accelerator.num_processes} x "
             f"{cfg.grad_accum} accumulation = {global_batch} global, lr {cfg.lr}, {cfg.mixed_precision} precision, "
-            f"run dir {out_dir}" + (f", resuming from epoch {state.epoch} ({ckpt})" if ckpt else "")
+            f"{budget}, run dir {out_dir}" + (f", resuming from epoch {state.epoch} ({ckpt})" if ckpt else "")
         )
+
+    def progress_at(epoch_start: float) -> float:
+        """Training progress in [0, 1]; with a time budget the main process's clock decides for all ranks."""
+        if not budget_s:
+            return (state.step + 1) / total_steps
+        spent = torch.tensor([state.train_seconds + time.perf_counter() - epoch_start], device=accelerator.device)
+        return broadcast(spent).item() / budget_s
 
     bicubic = evaluate(
         build_model("bicubic", cfg.scale).to(accelerator.device), val_loader, accelerator, cfg.scale, gray=cfg.data.gray
     )
     bicubic_psnr_y = bicubic["psnr_y"].mean().item()
-    sample_ids = range(min(cfg.num_samples, len(val_set)))
     last: dict[str, float] = {}
+    out_of_budget = bool(budget_s) and state.train_seconds >= budget_s
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if out_of_budget:
+            break
         train_set.set_epoch(epoch)
         train_loader.set_epoch(epoch)
         model.train()
@@ -191,9 +205,13 @@ def train(cfg: Config) -> dict[str, float]:
             console=console,
             disable=not main,
             transient=True,
-        ) as progress:
-            task = progress.add_task("train", total=len(train_loader), loss=float("nan"))
+        ) as bar:
+            task = bar.add_task("train", total=len(train_loader), loss=float("nan"))
             for batch in train_loader:
+                progress = progress_at(start)
+                if progress >= 1 and budget_s:
+                    out_of_budget = True
+                    break
                 with accelerator.accumulate(model):
                     sr = model(batch["lr"])
                     loss = loss_fn(sr.float(), batch["hr"])
@@ -206,21 +224,23 @@ def train(cfg: Config) -> dict[str, float]:
                     accelerator.backward(loss)
                     if cfg.grad_clip and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(cfg, progress)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients:
-                    scheduler.step()
                     state.step += 1
                 loss_sum += loss.detach().double() * len(batch["lr"])
                 patches += len(batch["lr"])
-                progress.update(task, advance=1, loss=loss.item())
+                bar.update(task, advance=1, loss=loss.item())
         epoch_time = time.perf_counter() - start
+        state.train_seconds += epoch_time
         totals = accelerator.reduce(
             torch.stack([loss_sum, torch.tensor(float(patches), device=loss_sum.device, dtype=torch.float64)]),
             "sum",
         )
         state.epoch = epoch
-        if epoch % cfg.val_every and epoch != cfg.epochs:
+        if epoch % cfg.val_every and epoch != cfg.epochs and not out_of_budget:
             continue
 
         val = evaluate(model, val_loader, accelerator, cfg.scale, loss_fn, gray=cfg.data.gray)
@@ -234,6 +254,7 @@ def train(cfg: Config) -> dict[str, float]:
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time_s": epoch_time,
             "patches_per_s": totals[1].item() / epoch_time,
+            "train_minutes": state.train_seconds / 60,
         }
         improved = last["psnr_y"] > state.best_psnr_y
         if improved:
@@ -241,21 +262,12 @@ def train(cfg: Config) -> dict[str, float]:
         if main:
             plain = accelerator.unwrap_model(model)
             tracker.log_samples(
-                [
-                    sample_grid(
-                        plain,
-                        val_set[i]["lr"][None].to(accelerator.device),
-                        val_set[i]["hr"][None].to(accelerator.device),
-                        cfg.scale,
-                    )
-                    for i in sample_ids
-                ],
-                epoch,
+                [sample_grid(plain, val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(val_set)))], epoch
             )
             tracker.log_epoch(last, epoch)
             tracker.summary(best_psnr_y=state.best_psnr_y, best_epoch=state.best_epoch, bicubic_psnr_y=bicubic_psnr_y)
             ckpt_dir = out_dir / "checkpoints"
-            save_checkpoint(ckpt_dir / "last", plain, optimizer, scheduler, state, config_yaml, accelerator.scaler)
+            save_checkpoint(ckpt_dir / "last", plain, optimizer, state, config_yaml, accelerator.scaler)
             if improved:
                 copy_checkpoint(ckpt_dir / "last", ckpt_dir / "best")
         accelerator.wait_for_everyone()

@@ -13,6 +13,7 @@ needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data (the S
 
 # Tests never reach W&B servers: offline runs are real files we read back.
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("SRTRAIN_DATA", str(DATA))  # jobs name data sets relative to this root
 os.environ.pop("WANDB_API_KEY", None)
 
 

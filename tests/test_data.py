@@ -130,5 +130,14 @@ def test_lr_of_wrong_size_is_caught(tmp_path):
 
 
 def test_missing_path_is_not_sent_to_the_hub():
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="neither a local path"):
         load_images(DataConfig(train="./no/such/folder"), "train")
+
+
+def test_relative_names_resolve_under_the_data_root(monkeypatch):
+    monkeypatch.setenv("SRTRAIN_DATA", str(DATA))
+    assert len(load_images(DataConfig(train="T91"), "train")) == 91
+    pair = load_images(DataConfig(val="Set5,matlab_lr/Set5/x2"), "val")
+    assert pair.lr_column == "lr" and pair.lr(0).shape[-1] * 2 == pair.hr(0).shape[-1]
+    with pytest.raises(DataError, match="neither a local path .* nor a Hub dataset id"):
+        load_images(DataConfig(train="T92"), "train")

@@ -94,9 +94,8 @@ def test_checkpoint_folder_and_run_dir(tmp_path, accelerator):
     torch.manual_seed(0)
     model = build_model("espcn", 2, channels=16)
     optimizer = torch.optim.Adam(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     config = "model: {name: espcn, channels: 16}\nscale: 2\n"
-    save_checkpoint(tmp_path / "run" / "checkpoints" / "best", model, optimizer, scheduler, TrainState(), config)
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "best", model, optimizer, TrainState(), config)
     out = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(DATA / "Set5"), "--json", str(out)]) == 0
     (result,) = json.loads(out.read_text())["results"]

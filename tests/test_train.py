@@ -13,7 +13,7 @@ from conftest import DATA, ROOT, needs_data
 from safetensors.torch import load_file
 
 from srtrain.config import ConfigError, load_config
-from srtrain.train import make_scheduler, train
+from srtrain.train import lr_at, train
 
 pytestmark = needs_data
 LAUNCH = [
@@ -123,7 +123,7 @@ def test_end_to_end_files(full_run):
         weights = load_file(str(ckpt / "model.safetensors"))
         assert "body.0.weight" in weights
         state = torch.load(ckpt / "training_state.pt", weights_only=True)
-        assert {"optimizer", "scheduler", "state"} <= state.keys()
+        assert {"optimizer", "state"} <= state.keys()
     assert torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]["epoch"] == 2
     grid = PIL.Image.open(out / "samples" / "epoch_0002.png")
     assert grid.size == (4 * 512, 512 + 288)  # rows LR | bicubic | SR | HR of baby (512^2) and bird (288^2)
@@ -185,18 +185,21 @@ def test_fp16_on_cpu_is_refused():
         train(load_config(overrides={"mixed_precision": "fp16"}))
 
 
-def test_schedule_warmup_then_cosine_to_min_lr():
-    cfg = load_config(overrides={"lr": 0.01, "min_lr": 0.001, "epochs": 4, "warmup_epochs": 1})
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
-    lrs = []
-    for _ in range(40):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(lrs[9:-1], lrs[10:], strict=True))
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
+def test_schedule_warmup_then_cosine_or_steps():
+    cfg = load_config(overrides={"lr": 0.01, "min_lr": 0.001, "warmup": 0.25})
+    lrs = [lr_at(cfg, p / 100) for p in range(101)]
+    assert lrs[0] == 0 and lrs[25] == pytest.approx(0.01) and lrs[100] == pytest.approx(0.001)
+    assert all(a <= b for a, b in zip(lrs[:25], lrs[1:26], strict=True))
+    assert all(a >= b for a, b in zip(lrs[25:-1], lrs[26:], strict=True))
+    steps = load_config(overrides={"lr": 0.01, "scheduler": "step", "step_every": 0.5, "gamma": 0.1})
+    assert [lr_at(steps, p) for p in (0, 0.49, 0.5, 0.99, 1.0)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 1e-4])
+
+
+def test_time_budget_stops_training(photo_folder, tmp_path):
+    out = tmp_path / "run"
+    launch(tiny_job(photo_folder, out, "--epochs=10000", "--time_budget_min=0.05", "--val_every=1000"), tmp_path)
+    (row,) = metrics(out)  # validated once, when the budget ran out
+    assert row["epoch"] < 10000 and row["train_minutes"] >= 0.05
 
 
 def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_path):
