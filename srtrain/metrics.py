@@ -1,4 +1,5 @@
-"""The SR literature's scores: PSNR and SSIM on MATLAB's Y channel after shaving, and PSNR on RGB.
+"""The SR literature's scores: PSNR and SSIM on MATLAB's Y channel after shaving, PSNR and SSIM on RGB, MSE,
+NRMSE, and FSIM/FSIMc as the authors' MATLAB code computes them.
 
 Scores are only comparable with published tables if computed the same way, so every function scores
 what the protocol scores: the output clamped to [0, 1] and rounded to uint8 levels. Inputs are batched
@@ -8,7 +9,9 @@ values on the input's device.
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import math
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -72,10 +75,14 @@ def _scored_y(sr: Tensor, hr: Tensor, border: int, gray: GrayMode) -> tuple[Tens
     return shave(rgb_to_y(quantize(sr), gray), border), shave(rgb_to_y(quantize(hr), gray), border)
 
 
+def _mse(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image mean squared error over every channel and pixel."""
+    return (a - b).square().flatten(1).mean(dim=1)
+
+
 def _psnr(a: Tensor, b: Tensor, peak: float) -> Tensor:
     """Per-image PSNR; identical images give MSE 0 and so +inf."""
-    mse = (a - b).square().flatten(1).mean(dim=1)
-    return 10 * torch.log10(peak**2 / mse)
+    return 10 * torch.log10(peak**2 / _mse(a, b))
 
 
 def psnr_y(sr: Tensor, hr: Tensor, shave: int, gray: GrayMode = "replicate") -> Tensor:
@@ -119,3 +126,225 @@ def psnr_rgb(sr: Tensor, hr: Tensor) -> Tensor:
     """PSNR in dB over all channels of the quantized images in [0, 1], no shave; +inf for identical images."""
     _check_pair(sr, hr)
     return _psnr(quantize(sr) / 255, quantize(hr) / 255, 1.0)
+
+
+def _scored_rgb(sr: Tensor, hr: Tensor, border: int) -> tuple[Tensor, Tensor]:
+    """The quantized, shaved channels of both images as (N * C, 1, H, W) gray images, for per-channel SSIM."""
+    _check_pair(sr, hr)
+    return tuple(shave(quantize(x), border).flatten(0, 1).unsqueeze(1) for x in (sr, hr))
+
+
+def ssim_rgb(sr: Tensor, hr: Tensor, shave: int = 0) -> Tensor:
+    """SSIM of each quantized channel after shaving, averaged over the channels (BasicSR's RGB SSIM).
+
+    Papers that score RGB rather than Y (BasicSR's ``test_y_channel=False``) average the per-channel SSIMs;
+    a gray image (C = 1) gives the SSIM of its one channel.
+    """
+    a, b = _scored_rgb(sr, hr, shave)
+    return _ssim(a, b).view(sr.shape[:2]).mean(dim=1)
+
+
+def mse(sr: Tensor, hr: Tensor) -> Tensor:
+    """Mean squared error over all channels of the quantized images in [0, 1], no shave; 0 for identical images."""
+    _check_pair(sr, hr)
+    return _mse(quantize(sr) / 255, quantize(hr) / 255)
+
+
+def nrmse(sr: Tensor, hr: Tensor) -> Tensor:
+    """``||hr - sr|| / ||hr||`` over all channels of the quantized images, no shave; 0 for identical images.
+
+    skimage's default ('euclidean') normalisation, so ``normalized_root_mse(hr, sr)`` gives the same number.
+    The ratio is scale-free: 0..255 levels give what [0, 1] would.
+    """
+    _check_pair(sr, hr)
+    a, b = quantize(sr), quantize(hr)
+    return torch.sqrt(_mse(b, a)) / torch.sqrt(b.square().flatten(1).mean(dim=1))
+
+
+# FSIM and FSIMc (Zhang, Zhang, Mou and Zhang, IEEE TIP 2011) as the authors' FeatureSIM.m computes them, with
+# Kovesi's phasecong2 configured as that file configures it. Published FSIM figures come from that code, so
+# each step below follows it, including where other ports (e.g. piq) take shortcuts.
+_YIQ = (  # FeatureSIM.m's RGB -> YIQ rows (3 digits, not the 4-digit NTSC matrix)
+    (0.299, 0.587, 0.114),
+    (0.596, -0.274, -0.322),
+    (0.211, -0.523, 0.312),
+)
+_FSIM_T1, _FSIM_T2, _FSIM_T3, _FSIM_T4, _FSIM_LAMBDA = 0.85, 160.0, 200.0, 200.0, 0.03
+_PC_SCALES, _PC_ORIENTS = 4, 4
+_PC_MIN_WAVELENGTH, _PC_MULT = 6, 2
+_PC_SIGMA_ON_F, _PC_DTHETA_ON_SIGMA = 0.55, 1.2
+_PC_K, _PC_EPSILON = 2.0, 1e-4
+_PC_LOWPASS_CUTOFF, _PC_LOWPASS_ORDER = 0.45, 15
+_SCHARR_X = ((3.0, 0.0, -3.0), (10.0, 0.0, -10.0), (3.0, 0.0, -3.0))  # FeatureSIM.m's dx * 16; dy = dx'
+
+
+def _fsim_factor(rows: int, cols: int) -> int:
+    """FeatureSIM.m's downsampling factor ``max(1, round(min(rows, cols) / 256))``, halves rounded up as MATLAB's.
+
+    FSIM's constants were tuned for images about 256 pixels on a side, so larger ones are scored shrunk.
+    """
+    return max(1, math.floor(min(rows, cols) / 256 + 0.5))
+
+
+def _fsim_downsample(x: Tensor, factor: int) -> Tensor:
+    """FeatureSIM.m's ``conv2(x, fspecial('average', F), 'same')`` sampled at ``1:F:end``, on (N, C, H, W).
+
+    MATLAB's 'same' puts the F x F box's origin floor(F / 2) from its corner and pads with zeros, so sample k
+    averages rows k F - (F - 1 - floor(F / 2)) .. k F + floor(F / 2), zeros outside, and ceil(H / F) samples
+    remain: not F x F block averaging, whose windows start at row 0 and drop a partial last block.
+    """
+    if factor == 1:
+        return x
+    before, after = factor - 1 - factor // 2, factor // 2
+    # The zero padding is explicit, so average pooling divides by F^2 everywhere as fspecial's box does.
+    return F.avg_pool2d(F.pad(x, (before, after, before, after)), factor, stride=factor)
+
+
+def _frequency_range(n: int) -> Tensor:
+    """phasecong2's frequency coordinates along an axis of length n, from -0.5 (odd n: to +0.5 exactly)."""
+    if n % 2:
+        return (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / (n - 1)
+    return (torch.arange(n, dtype=torch.float64) - n / 2) / n
+
+
+def _frequency_grid(rows: int, cols: int) -> tuple[Tensor, Tensor]:
+    """phasecong2's ``meshgrid(xrange, yrange)`` as broadcastable (1, W) x and (H, 1) y: x along the columns."""
+    return _frequency_range(cols).view(1, cols), _frequency_range(rows).view(rows, 1)
+
+
+class _LogGaborBank(NamedTuple):
+    """phasecong2's filters for one image size and the noise statistics that depend only on them."""
+
+    filters: Tensor  # (orientations, scales, H, W) transfer functions, zero frequency at [0, 0]
+    em_n: Tensor  # (orientations,) sum of the squared smallest-scale filter
+    sum_an2: Tensor  # (orientations,) sum over scales and pixels of the squared spatial filters
+    sum_ai_aj: Tensor  # (orientations,) the same for the products of distinct scales
+
+
+@functools.lru_cache(maxsize=16)
+def _log_gabor_bank(rows: int, cols: int, device: torch.device) -> _LogGaborBank:
+    """phasecong2's lowpassed log-Gabor x angular-Gaussian filters, built in float64 once per size."""
+    x, y = _frequency_grid(rows, cols)
+    radius = torch.sqrt(x**2 + y**2)
+    theta = torch.atan2(-y, x)  # -y: angles anticlockwise
+    lowpass = torch.fft.ifftshift(1 / (1.0 + (radius / _PC_LOWPASS_CUTOFF) ** (2 * _PC_LOWPASS_ORDER)))
+    radius = torch.fft.ifftshift(radius)
+    theta = torch.fft.ifftshift(theta)
+    radius[0, 0] = 1  # log(0) is avoided here and the zero-frequency gain set to 0 below
+    sin_theta, cos_theta = torch.sin(theta), torch.cos(theta)
+
+    log_gabor = []
+    for s in range(_PC_SCALES):
+        centre = 1.0 / (_PC_MIN_WAVELENGTH * _PC_MULT**s)
+        radial = torch.exp((-(torch.log(radius / centre) ** 2)) / (2 * math.log(_PC_SIGMA_ON_F) ** 2)) * lowpass
+        radial[0, 0] = 0
+        log_gabor.append(radial)
+    theta_sigma = math.pi / _PC_ORIENTS / _PC_DTHETA_ON_SIGMA
+    spread = []
+    for o in range(_PC_ORIENTS):
+        angle = o * math.pi / _PC_ORIENTS
+        ds = sin_theta * math.cos(angle) - cos_theta * math.sin(angle)
+        dc = cos_theta * math.cos(angle) + sin_theta * math.sin(angle)
+        spread.append(torch.exp((-(torch.abs(torch.atan2(ds, dc)) ** 2)) / (2 * theta_sigma**2)))
+    filters = torch.stack(spread)[:, None] * torch.stack(log_gabor)[None]
+
+    spatial = torch.fft.ifft2(filters).real * math.sqrt(rows * cols)  # rescaled to match power, as phasecong2
+    pairs = [(i, j) for i in range(_PC_SCALES) for j in range(i + 1, _PC_SCALES)]
+    sum_ai_aj = sum(spatial[:, i] * spatial[:, j] for i, j in pairs).sum(dim=(-2, -1))
+    bank = _LogGaborBank(
+        filters, filters[:, 0].square().sum(dim=(-2, -1)), spatial.square().sum(dim=(1, 2, 3)), sum_ai_aj
+    )
+    return _LogGaborBank(*(t.to(device) for t in bank))
+
+
+def _median(x: Tensor) -> Tensor:
+    """MATLAB's median along the last dim: an even count averages the two middle values (torch's takes the lower)."""
+    n = x.shape[-1]
+    upper = x.kthvalue(n // 2 + 1, dim=-1).values  # selection, not a full sort
+    return upper if n % 2 else (x.kthvalue(n // 2, dim=-1).values + upper) / 2
+
+
+def _phase_congruency(y: Tensor) -> Tensor:
+    """phasecong2's phase congruency map of (N, 1, H, W) luminance, as (N, 1, H, W).
+
+    Per orientation: weighted phase deviation energy over the scales, less a noise threshold estimated from
+    the median smallest-scale response (Rayleigh noise, k = 2 sigmas, divided by 1.7), summed over
+    orientations and divided by the summed amplitudes.
+    """
+    rows, cols = y.shape[-2:]
+    bank = _log_gabor_bank(rows, cols, y.device)
+    image_fft = torch.fft.fft2(y[:, 0])[:, None]
+    energy_all = an_all = torch.zeros_like(y[:, 0])
+    for o in range(_PC_ORIENTS):
+        eo = torch.fft.ifft2(image_fft * bank.filters[o])  # (N, scales, H, W): even = real, odd = imaginary
+        even, odd, an = eo.real, eo.imag, eo.abs()
+        sum_e, sum_o = even.sum(dim=1, keepdim=True), odd.sum(dim=1, keepdim=True)
+        x_energy = torch.sqrt(sum_e**2 + sum_o**2) + _PC_EPSILON
+        mean_e, mean_o = sum_e / x_energy, sum_o / x_energy
+        energy = (even * mean_e + odd * mean_o - torch.abs(even * mean_o - odd * mean_e)).sum(dim=1)
+
+        mean_e2n = -_median(an[:, 0].square().flatten(1)) / math.log(0.5)
+        noise_power = mean_e2n / bank.em_n[o]
+        noise_energy2 = 2 * noise_power * bank.sum_an2[o] + 4 * noise_power * bank.sum_ai_aj[o]
+        tau = torch.sqrt(noise_energy2 / 2)  # Rayleigh parameter
+        threshold = (tau * math.sqrt(math.pi / 2) + _PC_K * torch.sqrt((2 - math.pi / 2) * tau**2)) / 1.7
+        energy_all = energy_all + torch.clamp_min(energy - threshold.view(-1, 1, 1), 0)
+        an_all = an_all + an.sum(dim=1)
+    return (energy_all / an_all).unsqueeze(1)
+
+
+def _gradient_magnitude(y: Tensor) -> Tensor:
+    """FeatureSIM.m's Scharr gradient magnitude of (N, 1, H, W) luminance: ``conv2(Y, dx, 'same')``, zero padded."""
+    dx = torch.tensor(_SCHARR_X, dtype=torch.float64, device=y.device) / 16
+    kernels = torch.stack([dx, dx.T]).unsqueeze(1).flip(-2, -1)  # conv2 convolves; conv2d correlates
+    grad = F.conv2d(y, kernels, padding=1)
+    return torch.sqrt(grad[:, :1] ** 2 + grad[:, 1:] ** 2)
+
+
+def _similarity(a: Tensor, b: Tensor, constant: float) -> Tensor:
+    """FSIM's similarity of two feature maps, 1 where they agree."""
+    return (2 * a * b + constant) / (a**2 + b**2 + constant)
+
+
+def _real_power(x: Tensor, exponent: float) -> Tensor:
+    """MATLAB's ``real(x .^ p)``: a negative base takes the principal complex power, real part |x|^p cos(p pi)."""
+    magnitude = torch.abs(x) ** exponent
+    return torch.where(x < 0, magnitude * math.cos(exponent * math.pi), magnitude)
+
+
+def _fsim_features(x255: Tensor, factor: int, chromatic: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Downsampled YIQ (Y only unless ``chromatic``), phase congruency and gradient magnitude of 0..255 images."""
+    if x255.shape[1] == 3:
+        weights = torch.tensor(_YIQ[: 3 if chromatic else 1], dtype=torch.float64, device=x255.device)
+        x255 = torch.einsum("kc,nchw->nkhw", weights, x255)
+    yiq = _fsim_downsample(x255, factor)
+    lum = yiq[:, :1]
+    return yiq, _phase_congruency(lum), _gradient_magnitude(lum)
+
+
+def fsim(sr: Tensor, hr: Tensor, chromatic: bool = True) -> Tensor:
+    """FSIM, or FSIMc when ``chromatic``, of the quantized images, as the authors' FeatureSIM.m; 1 when identical.
+
+    Phase congruency weights where structure is and, with gradient magnitude, measures how alike it is;
+    FSIMc adds the I and Q chroma. Images with min(H, W) >= 384 are box-filtered and subsampled first.
+    Gray images (C = 1) are scored on their levels and ``chromatic`` is ignored (FeatureSIM.m's FSIMc equals
+    FSIM for them). Flat images have no phase congruency and give NaN, as in the reference.
+    """
+    _check_pair(sr, hr)
+    channels = sr.shape[1]
+    if channels not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {channels}")
+    chromatic = chromatic and channels == 3
+    factor = _fsim_factor(*sr.shape[-2:])
+    # Separate passes, so that identical images take identical arithmetic and score exactly 1.
+    (yiq_sr, pc_sr, grad_sr), (yiq_hr, pc_hr, grad_hr) = (
+        _fsim_features(quantize(x), factor, chromatic) for x in (sr, hr)
+    )
+    pc_max = torch.maximum(pc_sr, pc_hr)
+    sim = _similarity(grad_sr, grad_hr, _FSIM_T2) * _similarity(pc_sr, pc_hr, _FSIM_T1)
+    if chromatic:
+        i_sim = _similarity(yiq_sr[:, 1:2], yiq_hr[:, 1:2], _FSIM_T3)
+        q_sim = _similarity(yiq_sr[:, 2:], yiq_hr[:, 2:], _FSIM_T4)
+        # Chroma of opposite signs can make a factor negative; the reference keeps the real part of its power.
+        sim = sim * _real_power(i_sim * q_sim, _FSIM_LAMBDA)
+    return (sim * pc_max).flatten(1).sum(dim=1) / pc_max.flatten(1).sum(dim=1)
