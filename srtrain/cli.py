@@ -19,6 +19,7 @@ USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --sec
   train   train a model (the default command); e.g. srtrain --model=espcn --lr=0.001 --scale=4
           runs under `accelerate launch srtrain/main.py ...` for several processes or GPUs
   eval    score a trained model or the bicubic baseline as the SR literature does (srtrain eval -h)
+  models  list the model zoo: parameters, multiply-adds, latency on this machine (srtrain models -h)
 """
 
 
@@ -124,10 +125,44 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
+def models_main(argv: list[str]) -> int:
+    """`srtrain models`: the zoo with parameters, multiply-adds and latency measured on this machine."""
+    p = argparse.ArgumentParser(prog="srtrain models", description="List the registered SR models.")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=4)
+    p.add_argument("--latency-size", type=int, default=128, help="LR side of the latency input")
+    p.add_argument("--no-latency", action="store_true", help="skip the (slow for big models) latency runs")
+    args = p.parse_args(argv)
+    import torch
+
+    from srtrain.models.profile import model_rows
+
+    rows = model_rows(args.scale, not args.no_latency, args.latency_size)
+    table = Table(
+        title=f"srtrain models, x{args.scale}: multiply-adds for a 1280x720 output, latency for a "
+        f"{args.latency_size}x{args.latency_size} LR input ({torch.get_num_threads()} CPU threads)"
+    )
+    for column in ("model", "scales", "parameters", "GMACs (720p)", "latency ms", "description"):
+        table.add_column(column, justify="left" if column in ("model", "description") else "right")
+    for r in rows:
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
+        table.add_row(
+            r["name"],
+            ",".join(map(str, r["scales"])),
+            f"{r['parameters']:,}",
+            f"{r['gmacs_720p']:.1f}",
+            latency,
+            r["description"],
+        )
+    Console().print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
         return eval_main(argv[1:])
+    if argv and argv[0] == "models":
+        return models_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)
