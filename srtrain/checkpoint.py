@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from srtrain.models import build_model
+from srtrain.models import build_model, weights_free_options
+from srtrain.models.weights import MODEL_FILE, load_model_weights
 
-MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 
 
@@ -100,35 +100,6 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     _swap_in(tmp, dst)
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Model weights of a checkpoint folder, a `.safetensors` file or a weights-only torch file."""
-    file = path / MODEL_FILE if path.is_dir() else path
-    if file.suffix == ".safetensors":
-        return load_file(str(file))
-    try:
-        weights = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"'{file}' is neither safetensors nor a weights-only torch file: {err}") from err
-    for key in ("state_dict", "model", "params"):  # common wrappers of published weight files
-        if isinstance(weights, dict) and isinstance(weights.get(key), dict):
-            weights = weights[key]
-    return weights
-
-
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load weights strictly, with an error that lists what is missing and unexpected."""
-    weights = load_weights(path)
-    expected = model.state_dict().keys()
-    missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"weights in '{path}' do not fit {type(model).__name__}: missing {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
-            f"{' ...' if len(unexpected) > 10 else ''}; check --model and its options"
-        )
-    model.load_state_dict(weights)
-
-
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint folder from itself, or from a run directory (its `best`, else its `last`)."""
     for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
@@ -141,8 +112,9 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, int]:
     """Rebuild a trained model from a run directory or checkpoint folder: (model, scale)."""
     ckpt = find_checkpoint(path)
     config = yaml.safe_load((ckpt / "config.yaml").read_text())
-    options = {k: v for k, v in config["model"].items() if k != "name"}
-    model = build_model(config["model"]["name"], config["scale"], **options)
+    name = config["model"]["name"]
+    options = {k: v for k, v in config["model"].items() if k != "name"} | weights_free_options(name)
+    model = build_model(name, config["scale"], **options)
     load_model_weights(model, ckpt)
     return model, config["scale"]
 

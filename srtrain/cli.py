@@ -33,12 +33,13 @@ def train_main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
+    from srtrain.models.weights import WeightsError
     from srtrain.train import NonFiniteLossError, train
 
     try:
         config_file, overrides = parse_overrides(argv)
         train(load_config(config_file, overrides))
-    except (ConfigError, DataError, NonFiniteLossError) as err:
+    except (ConfigError, DataError, NonFiniteLossError, WeightsError) as err:
         return _error(err)
     return 0
 
@@ -80,9 +81,10 @@ def eval_main(argv: list[str]) -> int:
     import torch
     from accelerate import Accelerator
 
-    from srtrain.checkpoint import load_model_weights, model_from_checkpoint
+    from srtrain.checkpoint import model_from_checkpoint
     from srtrain.evaluation import SCORES, evaluate_source
     from srtrain.models import build_model
+    from srtrain.models.weights import load_model_weights
 
     scores = [s.strip() for s in args.metrics.split(",") if s.strip()]
     try:

@@ -21,13 +21,13 @@ from srtrain.checkpoint import (
     copy_checkpoint,
     is_checkpoint,
     load_checkpoint,
-    load_model_weights,
     save_checkpoint,
 )
 from srtrain.config import Config, ConfigError
 from srtrain.data import TrainPatches, ValImages, load_images
 from srtrain.evaluation import evaluate
 from srtrain.models import build_model
+from srtrain.models.weights import load_model_weights
 from srtrain.tracking import Tracker, console, sample_grid
 
 

@@ -337,7 +337,7 @@ PIQ_CHOICES = {
     # rgb2yiq: the 4-digit NTSC rows for I and Q, not FeatureSIM.m's 3-digit ones (FSIMc only, ~1e-6).
     "_YIQ": ((0.299, 0.587, 0.114), (0.5959, -0.2746, -0.3213), (0.2115, -0.5227, 0.3112)),
     # avg_pool2d(x, F): F x F blocks from the corner, a partial last block dropped, instead of conv2 'same'
-    # (zero padded, offset) sampled at 1:F:end; differs for F >= 3 or a side not a multiple of F (~1e-3).
+    # (zero padded, offset) sampled at 1:F:end; differs for F >= 3 or a side not a multiple of F (1e-3 to 1e-2).
     "_fsim_downsample": lambda x, factor: F.avg_pool2d(x, factor),
     # Python's round(2.5) = 2 where MATLAB's gives 3 (min side 640, 1152, ...; ~3e-2).
     "_fsim_factor": lambda rows, cols: max(1, round(min(rows, cols) / 256)),

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from srtrain.models.registry import available_models, build_model, model_options
+from srtrain.models.registry import available_models, build_model, weights_free_options
 
 SCALES = (2, 3, 4)
 
@@ -18,16 +18,11 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _offline_options(name: str) -> dict[str, bool]:
-    """Statistics need no pretrained weights: never load (or look for) them."""
-    return {"pretrained": False} if "pretrained" in model_options(name) else {}
-
-
 def multiply_adds(name: str, scale: int, output_hw: tuple[int, int] = (720, 1280)) -> int:
     """Multiply-adds of one forward pass producing an `output_hw` image, counted by torch's FLOP counter
     on meta tensors (no memory, no compute), as SR papers report them (convolutions and matmuls)."""
     with torch.device("meta"):
-        model = build_model(name, scale, **_offline_options(name)).eval()
+        model = build_model(name, scale, **weights_free_options(name)).eval()
         lr = torch.empty(1, 3, output_hw[0] // scale, output_hw[1] // scale)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
@@ -52,7 +47,7 @@ def model_rows(scale: int = 4, with_latency: bool = True, lr_size: int = 128) ->
     """One row per registered model at `scale` with its default options."""
     rows = []
     for name in available_models():
-        model = build_model(name, scale, **_offline_options(name))
+        model = build_model(name, scale, **weights_free_options(name))
         doc = inspect.getdoc(inspect.getmodule(type(model))) or ""
         rows.append(
             {

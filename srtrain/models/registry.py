@@ -54,3 +54,9 @@ def model_options(name: str) -> dict[str, Any]:
 def build_model(name: str, scale: int, **options: Any) -> nn.Module:
     """Build a registered model for an upscale factor; LR in [0, 1] goes in, SR comes out."""
     return _builder(name)(scale=scale, **options)
+
+
+def weights_free_options(name: str) -> dict[str, Any]:
+    """Options that keep a model from loading pretrained weights: for restoring a checkpoint (whose
+    weights replace them anyway) and for counting, where a missing weights file must not matter."""
+    return {k: v for k, v in {"pretrained": False, "weights": ""}.items() if k in model_options(name)}

@@ -1,0 +1,62 @@
+"""Reading weight files into models: safetensors or weights-only torch files, never arbitrary pickles.
+
+Used for checkpoints, `--init_from`, `srtrain eval --weights` and pretrained backbones alike, so every
+weight file gets the same safety and the same error that lists missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+MODEL_FILE = "model.safetensors"
+
+
+class WeightsError(ValueError):
+    """A weight file is missing, unreadable, or does not fit the model."""
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint folder, a `.safetensors` file or a weights-only torch file."""
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise WeightsError(f"weights file '{file}' does not exist")
+    try:
+        weights = load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, "cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(
+            f"cannot read weights from '{file}' (safetensors or weights-only torch file): {err}"
+        ) from err
+    for key in ("state_dict", "model", "params"):  # common wrappers of published weight files
+        if isinstance(weights, dict) and isinstance(weights.get(key), dict):
+            weights = weights[key]
+    if not isinstance(weights, dict):
+        raise WeightsError(f"'{file}' holds a {type(weights).__name__}, not a state dict")
+    return weights
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, ignore: Iterable[str] = ()) -> None:
+    """Load strictly (keys starting with an `ignore` prefix dropped); a mismatch lists the keys."""
+    ignore = tuple(ignore)
+    state = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}
+    expected = model.state_dict().keys()
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights in '{source}' do not fit {type(model).__name__}: missing keys {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''}; check the model and its options"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # same keys, other shapes
+        raise WeightsError(f"weights in '{source}' do not fit {type(model).__name__}: {err}") from err
+
+
+def load_model_weights(model: nn.Module, path: Path) -> None:
+    """Load a weight file (or checkpoint folder) into `model`."""
+    load_state(model, load_weights(path), path)
