@@ -120,7 +120,7 @@ def eval_main(argv: list[str]) -> int:
     for r in results:
         figures = [f"{r[s]:.2f}" if s.startswith("psnr") else f"{r[s]:.4f}" for s in scores]
         table.add_row(r["dataset"], f"x{r['scale']}", *figures, str(r["n_images"]), f"{r['seconds']:.1f}")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs keep every column readable
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"results": results}, indent=2))

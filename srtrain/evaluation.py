@@ -18,13 +18,17 @@ from torch.utils.data import DataLoader
 
 from srtrain.config import DataConfig
 from srtrain.data import ValImages, load_images
-from srtrain.metrics import GrayMode, psnr_rgb, psnr_y, rgb_to_y, ssim_y
+from srtrain.metrics import GrayMode, fsim, mse, nrmse, psnr_rgb, psnr_y, rgb_to_y, ssim_rgb, ssim_y
 
 Score = Callable[[Tensor, Tensor, int, GrayMode], Tensor]
 SCORES: dict[str, Score] = {
     "psnr_y": lambda sr, hr, scale, gray: psnr_y(sr, hr, shave=scale, gray=gray),
     "ssim_y": lambda sr, hr, scale, gray: ssim_y(sr, hr, shave=scale, gray=gray),
     "psnr_rgb": lambda sr, hr, scale, gray: psnr_rgb(sr, hr),
+    "ssim_rgb": lambda sr, hr, scale, gray: ssim_rgb(sr, hr, shave=scale),
+    "mse": lambda sr, hr, scale, gray: mse(sr, hr),
+    "nrmse": lambda sr, hr, scale, gray: nrmse(sr, hr),
+    "fsim": lambda sr, hr, scale, gray: fsim(sr, hr),
 }
 DEFAULT_SCORES = ("psnr_y", "ssim_y", "psnr_rgb")
 

@@ -121,3 +121,19 @@ def test_two_processes_score_each_image_once(tmp_path):
         p["name"] for p in one["per_image"]
     )
     assert two["psnr_y"] == pytest.approx(one["psnr_y"], abs=1e-9)
+
+
+def test_every_metric_can_be_asked_for(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    metrics = "psnr_y,ssim_y,psnr_rgb,ssim_rgb,mse,nrmse,fsim"
+    args = ["eval", "--model", "bicubic", "--data", str(DATA / "Set5"), "--scale", "4", "--metrics", metrics]
+    assert main([*args, "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert (
+        set(metrics.split(","))
+        <= result.keys()
+        <= set(result["per_image"][0]) | {"dataset", "source", "scale", "n_images", "seconds", "per_image"}
+    )
+    assert 0 < result["fsim"] < 1 and 0 < result["mse"] < 0.01
+    assert main(["eval", "--model", "bicubic", "--data", str(DATA / "Set5"), "--scale", "4", "--metrics", "psnr"]) == 2
+    assert "unknown metric" in capsys.readouterr().err
