@@ -57,6 +57,22 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return accelerator
 
 
+def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader:
+    """This process's training batches: the patch dataset, checked, then sharded by accelerate's `prepare`."""
+    images = load_images(cfg.data, "train")
+    images.check(cfg.scale, cfg.patch_size, f"lower --patch_size (now {cfg.patch_size}) or remove the image")
+    patches = TrainPatches(images, cfg.scale, cfg.patch_size, cfg.data.repeat, cfg.seed)
+    loader = DataLoader(
+        patches,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return accelerator.prepare(loader)
+
+
 def resolve_output_dir(cfg: Config) -> Path:
     """The run directory: `--output_dir`, the latest matching run for `--resume=auto`, or a new one."""
     if cfg.output_dir:
@@ -124,31 +140,20 @@ def train(cfg: Config) -> dict[str, float]:
     if cfg.init_from and ckpt is None:
         load_model_weights(model, Path(cfg.init_from))
 
-    train_images = load_images(cfg.data, "train")
+    train_loader = make_train_loader(cfg, accelerator)
     val_images = load_images(cfg.data, "val")
-    train_images.check(cfg.scale, cfg.patch_size, f"lower --patch_size (now {cfg.patch_size}) or remove the image")
     val_images.check(cfg.scale, 8 * cfg.scale, "remove it from the validation set")
-    train_set = TrainPatches(train_images, cfg.scale, cfg.patch_size, cfg.data.repeat, cfg.seed)
     val_set = ValImages(val_images, cfg.scale)
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=cfg.data.num_workers)
 
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.functional.l1_loss if cfg.loss == "l1" else torch.nn.functional.mse_loss
-    workers = cfg.data.num_workers
-    train_loader = DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-    )
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=workers)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"an epoch has {len(train_set)} patches, fewer than one global batch "
+            f"an epoch has {len(train_loader.dataset)} patches, fewer than one global batch "
             f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}); raise --data.repeat"
         )
     total_steps = cfg.epochs * steps_per_epoch
@@ -168,7 +173,8 @@ def train(cfg: Config) -> dict[str, float]:
         budget = f"{cfg.time_budget_min:g} min budget" if budget_s else f"{total_steps} steps"
         console.print(
             f"[bold]srtrain[/] {cfg.model.name} x{cfg.scale}: {n_params:,} parameters, "
-            f"{len(train_images)} train / {len(val_images)} val images, {accelerator.num_processes} process(es) "
+            f"{len(train_loader.dataset.images)} train / {len(val_images)} val images, "
+            f"{accelerator.num_processes} process(es) "
             f"on {accelerator.device}, batch {cfg.batch_size}/process x {accelerator.num_processes} x "
             f"{cfg.grad_accum} accumulation = {global_batch} global, lr {cfg.lr}, {cfg.mixed_precision} precision, "
             f"{budget}, run dir {out_dir}" + (f", resuming from epoch {state.epoch} ({ckpt})" if ckpt else "")
@@ -190,7 +196,7 @@ def train(cfg: Config) -> dict[str, float]:
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if out_of_budget:
             break
-        train_set.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)  # the patches drawn (accelerate's set_epoch reaches only the sampler)
         train_loader.set_epoch(epoch)
         model.train()
         start = time.perf_counter()
