@@ -24,7 +24,7 @@ from srtrain.evaluation import super_resolve
 from srtrain.metrics import quantize
 from srtrain.models.bicubic import Bicubic
 
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs; tables still fit the width
 TABLE_COLUMNS = [
     ("train", "train_loss"),
     ("val", "val_loss"),

@@ -35,11 +35,30 @@ class NonFiniteLossError(RuntimeError):
     """Training diverged: raised at the first NaN/inf loss, before more compute is wasted."""
 
 
+LAUNCH_HELP = (
+    "launch several processes with `accelerate launch --multi_gpu --num_processes N srtrain/main.py` "
+    "(several nodes: add --num_machines, --machine_rank, --main_process_ip, --main_process_port; "
+    "on CPU-only machines also export ACCELERATE_USE_CPU=1), or run one process without WORLD_SIZE set"
+)
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse a launch where the environment promises several processes but accelerate runs one: every
+    copy would silently train alone on all the data and write the same files."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        raise ConfigError(f"WORLD_SIZE={world} but accelerate sees 1 process: {LAUNCH_HELP}")
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
     """The Accelerator for this job; refuses launches that would silently run the wrong way."""
     use_cpu = not torch.cuda.is_available()
     if cfg.mixed_precision == "fp16" and use_cpu:
         raise ConfigError("mixed_precision=fp16 needs a GPU; on CPU use --mixed_precision=bf16 or no")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" not in os.environ:
+        raise ConfigError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but no distributed launcher started us: {LAUNCH_HELP}"
+        )
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=cfg.mixed_precision,
@@ -47,14 +66,17 @@ def make_accelerator(cfg: Config) -> Accelerator:
         log_with="wandb",
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and accelerator.num_processes == 1:
-        raise RuntimeError(
-            f"WORLD_SIZE={world} but accelerate sees one process: every copy would train alone on all data. "
-            "Launch with `accelerate launch --multi_gpu --num_processes N srtrain/main.py` "
-            "(on CPU also set ACCELERATE_USE_CPU=1)."
-        )
+    check_launch(accelerator)
     return accelerator
+
+
+def check_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """All replicas must hold identical weights (DDP applies the same averaged gradients everywhere); a
+    checksum per process proves it at every checkpoint and stops a run whose ranks drifted apart."""
+    checksum = sum(p.detach().double().sum() for p in model.parameters()).reshape(1)
+    sums = accelerator.gather(checksum)
+    if not bool((sums == sums[0]).all()):
+        raise RuntimeError(f"model replicas differ across processes (weight checksums {sums.tolist()})")
 
 
 def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader:
@@ -262,6 +284,7 @@ def train(cfg: Config) -> dict[str, float]:
             "patches_per_s": totals[1].item() / epoch_time,
             "train_minutes": state.train_seconds / 60,
         }
+        check_in_sync(model, accelerator)
         improved = last["psnr_y"] > state.best_psnr_y
         if improved:
             state.best_psnr_y, state.best_epoch = last["psnr_y"], epoch
@@ -290,6 +313,11 @@ def train(cfg: Config) -> dict[str, float]:
         console.print(
             f"[bold]done[/]: final val PSNR-Y {final:.2f} dB vs bicubic {bicubic_psnr_y:.2f} dB "
             f"({final - bicubic_psnr_y:+.2f} dB); best {state.best_psnr_y:.2f} dB at epoch {state.best_epoch}; "
-            f"checkpoints in {out_dir / 'checkpoints'}"
+            + (
+                f"weights identical on all {accelerator.num_processes} processes; "
+                if accelerator.num_processes > 1
+                else ""
+            )
+            + f"checkpoints in {out_dir / 'checkpoints'}"
         )
     return summary

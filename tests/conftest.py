@@ -21,11 +21,10 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.array(PIL.Image.open(path).convert("RGB"))
 
 
-@pytest.fixture
-def photo_folder(tmp_path: Path) -> Path:
-    """Four real photographs (Set5 crops), a small HR folder that trains in seconds."""
-    folder = tmp_path / "hr"
-    folder.mkdir()
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four real photographs (Set5 crops), a small HR folder that trains in seconds (read-only)."""
+    folder = tmp_path_factory.mktemp("hr")
     for name in ("baby", "bird", "head", "woman"):
         img = PIL.Image.open(DATA / "Set5" / f"{name}.png").convert("RGB")
         img.crop((0, 0, 120, 120)).save(folder / f"{name}.png")

@@ -94,20 +94,11 @@ def wandb_history(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, photo_folder_module):
+def full_run(tmp_path_factory, photo_folder):
     """Two epochs straight through: the reference for the end-to-end and resume checks."""
     out = tmp_path_factory.mktemp("full") / "run"
-    proc = launch(tiny_job(photo_folder_module, out, "--epochs=2"), out.parent)
+    proc = launch(tiny_job(photo_folder, out, "--epochs=2"), out.parent)
     return out, proc
-
-
-@pytest.fixture(scope="module")
-def photo_folder_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("baby", "bird", "head", "woman"):
-        img = PIL.Image.open(DATA / "Set5" / f"{name}.png").convert("RGB")
-        img.crop((0, 0, 120, 120)).save(folder / f"{name}.png")
-    return folder
 
 
 def test_end_to_end_files(full_run):
@@ -146,13 +137,13 @@ def test_wandb_offline_run_read_back(full_run):
     assert "wandb sync" in proc.stdout
 
 
-def test_resume_continues_exactly(full_run, photo_folder_module, tmp_path):
+def test_resume_continues_exactly(full_run, photo_folder, tmp_path):
     """Stop after epoch 1, resume to 2: identical to the straight run (constant LR, so that the first
     segment's schedule does not depend on its shorter `--epochs`)."""
     reference, _ = full_run
     out = tmp_path / "run"
-    launch(tiny_job(photo_folder_module, out, "--epochs=1"), tmp_path)
-    proc = launch(tiny_job(photo_folder_module, out, "--epochs=2", "--resume=auto"), tmp_path)
+    launch(tiny_job(photo_folder, out, "--epochs=1"), tmp_path)
+    proc = launch(tiny_job(photo_folder, out, "--epochs=2", "--resume=auto"), tmp_path)
     assert "resuming from epoch 1" in proc.stdout
     rows, ref_rows = metrics(out), metrics(reference)
     assert [r["epoch"] for r in rows] == [1, 2]
