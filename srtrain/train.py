@@ -237,7 +237,7 @@ def train(cfg: Config) -> dict[str, float]:
             task = bar.add_task("train", total=len(train_loader), loss=float("nan"))
             for batch in train_loader:
                 progress = progress_at(start)
-                if progress >= 1 and budget_s:
+                if budget_s and progress >= 1 and patches:  # an epoch always trains at least one step
                     out_of_budget = True
                     break
                 with accelerator.accumulate(model):
@@ -261,6 +261,7 @@ def train(cfg: Config) -> dict[str, float]:
                 loss_sum += loss.detach().double() * len(batch["lr"])
                 patches += len(batch["lr"])
                 bar.update(task, advance=1, loss=loss.item())
+        out_of_budget = out_of_budget or (bool(budget_s) and progress_at(start) >= 1)  # no empty epoch next
         epoch_time = time.perf_counter() - start
         state.train_seconds += epoch_time
         totals = accelerator.reduce(
