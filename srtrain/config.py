@@ -96,6 +96,7 @@ class Config:
     grad_clip: float = 0.0
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    channels_last: bool = False
     output_dir: str = ""
     resume: str = ""
     val_every: int = 1

@@ -161,6 +161,8 @@ def train(cfg: Config) -> dict[str, float]:
         raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
     if cfg.init_from and ckpt is None:
         load_model_weights(model, Path(cfg.init_from))
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)  # NHWC often runs convolutions faster on GPUs
 
     train_loader = make_train_loader(cfg, accelerator)
     val_images = load_images(cfg.data, "val")
@@ -241,7 +243,7 @@ def train(cfg: Config) -> dict[str, float]:
                     out_of_budget = True
                     break
                 with accelerator.accumulate(model):
-                    sr = model(batch["lr"])
+                    sr = model(batch["lr"].contiguous(memory_format=memory_format))
                     loss = loss_fn(sr.float(), batch["hr"])
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
