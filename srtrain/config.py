@@ -97,6 +97,7 @@ class Config:
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
+    cpu_threads: int = 0
     output_dir: str = ""
     resume: str = ""
     val_every: int = 1
@@ -306,6 +307,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.repeat >= 1, f"data.repeat must be >= 1, got {cfg.data.repeat}"),
         (0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}"),
         (0 < cfg.step_every <= 1, f"step_every is a fraction of training in (0, 1], got {cfg.step_every}"),
+        (cfg.cpu_threads >= 0, "cpu_threads must be >= 0 (0 = the cores divided among this node's processes)"),
         (cfg.time_budget_min >= 0, f"time_budget_min must be >= 0 (0 = no budget), got {cfg.time_budget_min}"),
         (cfg.init_from == "" or Path(cfg.init_from).exists(), f"init_from: '{cfg.init_from}' does not exist"),
         (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),

@@ -67,6 +67,11 @@ def make_accelerator(cfg: Config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     check_launch(accelerator)
+    if use_cpu:
+        # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which leaves all but one core
+        # idle; share the cores among this node's processes instead (or take --cpu_threads as given).
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     return accelerator
 
 
