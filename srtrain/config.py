@@ -7,6 +7,7 @@ photographs that scikit-image ships).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -183,22 +184,13 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             return True
         if text in ("false", "0", "no", "off"):
             return False
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    elif tp in (int, float):
+        numeric = (int,) if tp is int else (int, float)
+        if isinstance(value, numeric) and not isinstance(value, bool):
+            return tp(value)
         if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                return tp(value)
     elif tp is str:
         if value is None:
             return ""

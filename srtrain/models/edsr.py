@@ -1,7 +1,7 @@
 """EDSR (Lim et al., 2017): residual blocks without batch norm, residual scaling, sub-pixel upsampling.
 
 The defaults are EDSR-baseline (16 blocks, 64 channels); the full EDSR is `n_blocks=32, channels=256,
-res_scale=0.1`. RCAN reuses the mean shift and the upsampler defined here, SRResNet the shuffle stages.
+res_scale=0.1`. RCAN reuses the frame (`MeanShiftedSR`) defined here, SRResNet the shuffle stages.
 """
 
 from __future__ import annotations
@@ -52,19 +52,24 @@ class ResBlock(nn.Module):
         return x + self.body(x) * self.res_scale
 
 
-@register("edsr")
-class EDSR(nn.Module):
-    def __init__(self, scale: int, n_blocks: int = 16, channels: int = 64, res_scale: float = 1.0) -> None:
+class MeanShiftedSR(nn.Module):
+    """The EDSR frame: mean shift, head conv, a residual body (its last layer a conv) under a long skip,
+    sub-pixel upsampler and tail conv. EDSR and RCAN differ only in the body."""
+
+    def __init__(self, scale: int, channels: int, body: list[nn.Module]) -> None:
         super().__init__()
         # A non-persistent buffer: moves with the model, but is neither trained nor checkpointed.
         self.register_buffer("rgb_mean", rgb_mean(), persistent=False)
         self.head = nn.Conv2d(3, channels, 3, padding=1)
-        self.body = nn.Sequential(
-            *(ResBlock(channels, res_scale) for _ in range(n_blocks)),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
+        self.body = nn.Sequential(*body, nn.Conv2d(channels, channels, 3, padding=1))
         self.tail = nn.Sequential(upsampler(channels, scale), nn.Conv2d(channels, 3, 3, padding=1))
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         x = self.head(lr - self.rgb_mean)
         return self.tail(x + self.body(x)) + self.rgb_mean
+
+
+@register("edsr")
+class EDSR(MeanShiftedSR):
+    def __init__(self, scale: int, n_blocks: int = 16, channels: int = 64, res_scale: float = 1.0) -> None:
+        super().__init__(scale, channels, [ResBlock(channels, res_scale) for _ in range(n_blocks)])

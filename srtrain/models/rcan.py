@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from srtrain.models.edsr import rgb_mean, upsampler
+from srtrain.models.edsr import MeanShiftedSR
 from srtrain.models.registry import register
 
 
@@ -57,20 +57,8 @@ class ResidualGroup(nn.Module):
 
 
 @register("rcan")
-class RCAN(nn.Module):
+class RCAN(MeanShiftedSR):
     def __init__(
         self, scale: int, n_groups: int = 10, n_blocks: int = 20, channels: int = 64, reduction: int = 16
     ) -> None:
-        super().__init__()
-        # A non-persistent buffer: moves with the model, but is neither trained nor checkpointed.
-        self.register_buffer("rgb_mean", rgb_mean(), persistent=False)
-        self.head = nn.Conv2d(3, channels, 3, padding=1)
-        self.body = nn.Sequential(
-            *(ResidualGroup(n_blocks, channels, reduction) for _ in range(n_groups)),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
-        self.tail = nn.Sequential(upsampler(channels, scale), nn.Conv2d(channels, 3, 3, padding=1))
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        x = self.head(lr - self.rgb_mean)
-        return self.tail(x + self.body(x)) + self.rgb_mean
+        super().__init__(scale, channels, [ResidualGroup(n_blocks, channels, reduction) for _ in range(n_groups)])
