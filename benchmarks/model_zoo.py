@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 
@@ -56,6 +57,7 @@ def main() -> None:
         results = {r["dataset"]: r for r in json.loads(report.read_text())["results"]}
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         config = yaml.safe_load((run / "config.yaml").read_text())
+        state = torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]
         rows.append(
             {
                 "job": str(job),
@@ -63,21 +65,21 @@ def main() -> None:
                 "extra": " ".join(extras.get(job.stem, [])),
                 "train_minutes": metrics[-1]["train_minutes"],
                 "wall_minutes": float((args.out / f"{job.stem}.wall").read_text()) / 60,
-                "patches": sum(m["patches_per_s"] * m["epoch_time_s"] for m in metrics if "patches_per_s" in m),
+                "patches": state["step"] * config["batch_size"] * config["grad_accum"],
                 **{f"{k}_{s.lower()}": results[s][k] for s in ("Set5", "Set14") for k in ("psnr_y", "ssim_y")},
                 "eval_seconds": sum(r["seconds"] for r in results.values()),
             }
         )
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     lines = [
-        "| job | Set5 PSNR-Y / SSIM-Y | Set14 PSNR-Y / SSIM-Y | train min (wall) | eval s (Set5+Set14) |",
-        "|---|---|---|---|---|",
+        "| job | Set5 PSNR-Y / SSIM-Y | Set14 PSNR-Y / SSIM-Y | train min (wall) | patches | eval s (Set5+Set14) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['job']}` {r['extra']} | {r['psnr_y_set5']:.2f} / {r['ssim_y_set5']:.4f} | "
             f"{r['psnr_y_set14']:.2f} / {r['ssim_y_set14']:.4f} | {r['train_minutes']:.1f} ({r['wall_minutes']:.1f}) | "
-            f"{r['eval_seconds']:.1f} |"
+            f"{r['patches']:,} | {r['eval_seconds']:.1f} |"
         )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
