@@ -41,6 +41,8 @@ class DataConfig:
 
     `gray` is how gray validation images are scored: replicated to RGB first (as papers score their own
     models) or with the gray level used directly as Y (as the published bicubic tables were made).
+    `streaming` reads the training source as a stream split across processes instead of opening it whole
+    (for sources too large to index or download first).
     """
 
     train: str = "default"
@@ -54,6 +56,7 @@ class DataConfig:
     cache: bool = True
     max_val_images: int = 0
     gray: Literal["replicate", "direct"] = "replicate"
+    streaming: bool = False
 
 
 @dataclass

@@ -24,7 +24,7 @@ from srtrain.checkpoint import (
     save_checkpoint,
 )
 from srtrain.config import Config, ConfigError
-from srtrain.data import TrainPatches, ValImages, load_images
+from srtrain.data import StreamLoader, StreamPatches, TrainPatches, ValImages, load_images
 from srtrain.evaluation import evaluate
 from srtrain.models import build_model
 from srtrain.models.weights import load_model_weights
@@ -84,10 +84,24 @@ def check_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> None:
         raise RuntimeError(f"model replicas differ across processes (weight checksums {sums.tolist()})")
 
 
-def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader:
-    """This process's training batches: the patch dataset, checked, then sharded by accelerate's `prepare`."""
+def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader | StreamLoader:
+    """This process's training batches: the patch dataset, checked, then sharded by accelerate's `prepare`;
+    a streamed source (`data.streaming`) is split by `StreamPatches` itself and must not be sharded again."""
+    fix = f"lower --patch_size (now {cfg.patch_size}) or remove the image"
+    if cfg.data.streaming:
+        patches = StreamPatches(
+            cfg.data, cfg.scale, cfg.patch_size, cfg.seed, fix, accelerator.process_index, accelerator.num_processes
+        )
+        loader = DataLoader(
+            patches,
+            batch_size=cfg.batch_size,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        return StreamLoader(loader, accelerator.device)
     images = load_images(cfg.data, "train")
-    images.check(cfg.scale, cfg.patch_size, f"lower --patch_size (now {cfg.patch_size}) or remove the image")
+    images.check(cfg.scale, cfg.patch_size, fix)
     patches = TrainPatches(images, cfg.scale, cfg.patch_size, cfg.data.repeat, cfg.seed)
     loader = DataLoader(
         patches,
