@@ -145,10 +145,10 @@ def resume_path(cfg: Config, out_dir: Path) -> Path | None:
 
 
 def check_resumable(cfg: Config, ckpt: Path) -> None:
+    """A checkpoint continues only the same model at the same scale."""
     saved = yaml.safe_load((ckpt / "config.yaml").read_text())
-    for key in ("scale",):
-        if saved[key] != getattr(cfg, key):
-            raise ConfigError(f"resume: checkpoint {ckpt} was trained with {key}={saved[key]}, not {getattr(cfg, key)}")
+    if saved["scale"] != cfg.scale:
+        raise ConfigError(f"resume: checkpoint {ckpt} was trained with scale={saved['scale']}, not {cfg.scale}")
     if saved["model"]["name"] != cfg.model.name:
         raise ConfigError(f"resume: checkpoint {ckpt} holds model '{saved['model']['name']}', not '{cfg.model.name}'")
 
