@@ -1,6 +1,7 @@
 """Shared fixtures: the real SR benchmark images in ../shared/data, and small real-photo folders."""
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,20 @@ needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data (the S
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("SRTRAIN_DATA", str(DATA))  # jobs name data sets relative to this root
 os.environ.pop("WANDB_API_KEY", None)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, so that concurrent test runs never share accelerate's default 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(processes: int) -> list[str]:
+    """`accelerate launch` for N processes on one machine, quiet and non-interactive, on a free port."""
+    world = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+    quiet = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return ["accelerate", "launch", *world, *quiet, "--main_process_port", str(free_port())]
 
 
 def read_rgb(path: Path) -> np.ndarray:

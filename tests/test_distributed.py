@@ -14,7 +14,7 @@ import datasets
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, ROOT, needs_data
+from conftest import DATA, ROOT, accelerate_launch, needs_data
 
 from srtrain.config import DataConfig
 from srtrain.data import DataError, StreamPatches, TrainPatches, load_images
@@ -56,9 +56,7 @@ for case, overrides in cases.items():
 
 
 def run(script, args: list[str], processes: int) -> None:
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-    command = [*launch, str(script)] if processes == 2 else [sys.executable, str(script)]
+    command = [*accelerate_launch(2), str(script)] if processes == 2 else [sys.executable, str(script)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import DATA, needs_data
+from conftest import DATA, accelerate_launch, needs_data
 
 from srtrain.checkpoint import TrainState, save_checkpoint
 from srtrain.cli import main
@@ -108,9 +108,7 @@ def test_two_processes_score_each_image_once(tmp_path):
     out = {n: tmp_path / f"eval{n}.json" for n in (1, 2)}
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
     for n in (1, 2):
-        launch = ["accelerate", "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        launch += ["--multi_gpu", "--num_processes", "2"] if n == 2 else ["--num_processes", "1"]
-        cmd = [*launch, "-m", "srtrain", "eval", "--model", "bicubic", "--data", str(DATA / "Set5")]
+        cmd = [*accelerate_launch(n), "-m", "srtrain", "eval", "--model", "bicubic", "--data", str(DATA / "Set5")]
         proc = subprocess.run(
             [*cmd, "--scale", "4", "--json", str(out[n])], env=env, capture_output=True, text=True, timeout=300
         )

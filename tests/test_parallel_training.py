@@ -10,19 +10,19 @@ import subprocess
 
 import pytest
 import torch
-from conftest import DATA, ROOT, needs_data
+from conftest import DATA, ROOT, accelerate_launch, needs_data
 from safetensors.torch import load_file
 from test_train import metrics, tiny_job
 
 pytestmark = needs_data
-BASE = ["accelerate", "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 MAIN = str(ROOT / "srtrain" / "main.py")
 
 
 def run(args: list[str], processes: int, cwd, check: bool = True, **env) -> subprocess.CompletedProcess:
-    world = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else ["--num_processes", "1"]
     full_env = {**os.environ, "WANDB_MODE": "offline", "ACCELERATE_USE_CPU": "1", **env}
-    proc = subprocess.run([*BASE, *world, *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+    proc = subprocess.run(
+        [*accelerate_launch(processes), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -117,7 +117,7 @@ def test_a_launch_that_would_run_copies_is_refused(tmp_path, photo_folder):
     )
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     proc = subprocess.run(
-        [*BASE, "--multi_gpu", "--num_processes", "2", str(script)],
+        [*accelerate_launch(2), str(script)],
         capture_output=True,
         text=True,
         cwd=tmp_path,

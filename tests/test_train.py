@@ -9,26 +9,14 @@ import PIL.Image
 import pytest
 import torch
 import yaml
-from conftest import DATA, ROOT, needs_data
+from conftest import DATA, ROOT, accelerate_launch, needs_data
 from safetensors.torch import load_file
 
 from srtrain.config import ConfigError, load_config
 from srtrain.train import lr_at, train
 
 pytestmark = needs_data
-LAUNCH = [
-    "accelerate",
-    "launch",
-    "--num_processes",
-    "1",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-    str(ROOT / "srtrain" / "main.py"),
-]
+LAUNCH = [*accelerate_launch(1), str(ROOT / "srtrain" / "main.py")]
 METRIC_KEYS = {
     "epoch",
     "train_loss",
