@@ -1,0 +1,25 @@
+"""HR/LR images through Hugging Face `datasets`, and the torch datasets that feed training and validation.
+
+`sources` opens a data source without decoding it, `images` checks and decodes its images, `patches` turns
+them into training patches (map-style or streamed) and validation images.
+"""
+
+from srtrain.data.images import DataError, ImageSet
+from srtrain.data.patches import StreamLoader, StreamPatches, TrainPatches, ValImages, augment, random_patch
+from srtrain.data.sources import data_root, load_images, load_source, open_stream, resolve_path
+
+__all__ = [
+    "DataError",
+    "ImageSet",
+    "StreamLoader",
+    "StreamPatches",
+    "TrainPatches",
+    "ValImages",
+    "augment",
+    "data_root",
+    "load_images",
+    "load_source",
+    "open_stream",
+    "random_patch",
+    "resolve_path",
+]

@@ -1,0 +1,123 @@
+"""Image checks and decoding: headers are checked before training starts, pixels decoded on demand."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+
+
+class DataError(ValueError):
+    """A problem with the input data, naming the image or column and the fix."""
+
+
+def example_name(example: dict[str, Any], hr_column: str, fallback: str) -> str:
+    if "name" in example:
+        return str(example["name"])
+    ref = example[hr_column]
+    return Path(ref["path"]).name if ref.get("path") else fallback
+
+
+def open_image(ref: dict[str, Any], column: str, name: str, source: str) -> PIL.Image.Image:
+    try:
+        return PIL.Image.open(io.BytesIO(ref["bytes"]) if ref.get("bytes") else ref["path"])
+    except (OSError, PIL.UnidentifiedImageError) as err:
+        raise DataError(
+            f"image '{name}' ({column}) in '{source}' cannot be read ({err}); replace or remove it"
+        ) from err
+
+
+def decode_image(ref: dict[str, Any], column: str, name: str, source: str, keep_gray: bool) -> torch.Tensor:
+    """uint8 CHW pixels: RGB, or one channel for a gray image when `keep_gray`."""
+    try:
+        image = open_image(ref, column, name, source)
+        gray = keep_gray and image.mode in ("L", "I", "I;16", "1")
+        pixels = np.asarray(image.convert("L" if gray else "RGB"))
+    except OSError as err:
+        raise DataError(f"image '{name}' ({column}) in '{source}' is corrupt ({err}); replace or remove it") from err
+    return torch.from_numpy(pixels.copy()).reshape(*pixels.shape[:2], -1).permute(2, 0, 1).contiguous()
+
+
+def check_image(
+    example: dict[str, Any],
+    name: str,
+    source: str,
+    columns: tuple[str, str | None],
+    scale: int,
+    min_hr: int,
+    fix: str,
+) -> None:
+    """Fail, naming the image, if it is unreadable, too small, or its LR does not match HR/scale (headers only)."""
+    hr_column, lr_column = columns
+    width, height = open_image(example[hr_column], hr_column, name, source).size
+    if min(height, width) < min_hr:
+        raise DataError(f"image '{name}' in '{source}' is {width}x{height}, smaller than {min_hr} px; {fix}")
+    if lr_column is not None:
+        got = open_image(example[lr_column], lr_column, name, source).size
+        want = (width // scale, height // scale)
+        if got != want:
+            raise DataError(
+                f"LR image '{name}' in '{source}' is {got[0]}x{got[1]}, but HR {width}x{height} at "
+                f"x{scale} needs {want[0]}x{want[1]}; check --scale or the '{lr_column}' column"
+            )
+
+
+@dataclass
+class ImageSet:
+    """The HR (and, when paired, LR) images of one split, decoded on demand into uint8 CHW tensors.
+
+    Images are RGB; gray images are replicated to RGB unless `keep_gray`, which keeps them one channel.
+    """
+
+    dataset: datasets.Dataset
+    source: str
+    hr_column: str
+    lr_column: str | None
+    cache: bool = True
+    keep_gray: bool = False
+    _cache: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _row(self, i: int) -> tuple[dict[str, Any], str]:
+        """Row `i`, its images undecoded, and the name that errors give its image."""
+        row = self.dataset[i]
+        return row, example_name(row, self.hr_column, f"{self.source}[{i}]")
+
+    def name(self, i: int) -> str:
+        return self._row(i)[1]
+
+    def size(self, column: str, i: int) -> tuple[int, int]:
+        """(height, width) from the image header alone."""
+        row, name = self._row(i)
+        width, height = open_image(row[column], column, name, self.source).size
+        return height, width
+
+    def _decode(self, column: str, i: int) -> torch.Tensor:
+        key = (column, i)
+        if key in self._cache:
+            return self._cache[key]
+        row, name = self._row(i)
+        tensor = decode_image(row[column], column, name, self.source, self.keep_gray)
+        if self.cache:
+            self._cache[key] = tensor
+        return tensor
+
+    def hr(self, i: int) -> torch.Tensor:
+        return self._decode(self.hr_column, i)
+
+    def lr(self, i: int) -> torch.Tensor | None:
+        return None if self.lr_column is None else self._decode(self.lr_column, i)
+
+    def check(self, scale: int, min_hr: int, fix: str) -> None:
+        """Fail before training if an image is unreadable, too small, or its LR does not match HR/scale."""
+        for i in range(len(self)):
+            row, name = self._row(i)
+            check_image(row, name, self.source, (self.hr_column, self.lr_column), scale, min_hr, fix)
