@@ -1,15 +1,20 @@
 """Checkpoints: model weights as safetensors plus everything else a resume needs, written atomically.
 
 A checkpoint is a folder: `model.safetensors`, `training_state.pt` (optimizer, grad scaler,
-TrainState; loaded with `weights_only=True`, so nothing arbitrary is unpickled) and `config.yaml`. It is
-written to a temporary sibling and swapped in with renames, so a crash mid-write leaves the previous
-checkpoint intact. Data order and augmentation are pure functions of (seed, epoch, index) and the learning rate
-is a function of the TrainState, so no RNG or scheduler state is needed for an exact continuation.
+TrainState; loaded with `weights_only=True`, so nothing arbitrary is unpickled), `config.yaml` and, written last,
+`manifest.json` (each file's size and SHA-256). It is written to a temporary sibling and swapped in with renames
+(`last` -> `last.old`, tmp -> `last`), so a crash or a full disk mid-write leaves the previous checkpoint intact;
+`last.old` stays as the fallback for a damaged `last`: a checkpoint whose manifest does not match its files is
+never resumed from.
+Data order and augmentation are pure functions of (seed, epoch, index) and the learning rate is a function of
+the TrainState, so no RNG or scheduler state is needed for an exact continuation, also from inside an epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -19,13 +24,20 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
+from srtrain.faults import inject
 from srtrain.models import build_model, weights_free_options
 from srtrain.models.weights import MODEL_FILE, load_model_weights
 
 STATE_FILE = "training_state.pt"
+MANIFEST_FILE = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the folder and what to do."""
 
 
 @dataclass
@@ -38,6 +50,16 @@ class TrainState:
     best_epoch: int = 0
     train_seconds: float = 0.0
     wandb_run_id: str = ""
+    # Inside epoch `epoch + 1`: loader batches consumed, and the epoch's running loss sum over its patches (all
+    # processes), so that a resumed epoch draws the same next batches and reports the same mean loss.
+    batches_done: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_patches: int = 0
+    epoch_seconds: float = 0.0
+    # The metrics row of epoch `epoch` and its last step's W&B values, saved with it: a resume logs them if a kill
+    # came before the metrics line.
+    epoch_row: dict[str, float] = dataclasses.field(default_factory=dict)
+    step_values: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,17 +70,58 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp` so that one complete version exists at every instant."""
+def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:
+    """Replace `final` by the complete `tmp` so that one complete version exists at every instant; the previous
+    version stays as `final.old` (the fallback of a resume whose `last` is damaged) or goes after the swap."""
     old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
     if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
         final.rename(old)
     tmp.rename(final)
     _fsync_dir(final.parent)
-    if old.exists():
+    if old.exists() and not keep_old:
         shutil.rmtree(old)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """Fsync every file, then record sizes and checksums last: a folder with a matching manifest is complete."""
+    files = {}
+    for f in sorted(folder.iterdir()):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    manifest = folder / MANIFEST_FILE
+    manifest.write_text(json.dumps(files, indent=1))
+    with open(manifest, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def checkpoint_problem(path: Path) -> str:
+    """What is wrong with checkpoint folder `path` ('' when its files match its manifest)."""
+    if not (path / MANIFEST_FILE).is_file():
+        return f"{path} has no {MANIFEST_FILE} (missing, or its write did not finish)"
+    try:
+        files = json.loads((path / MANIFEST_FILE).read_text())
+    except json.JSONDecodeError:
+        return f"{path / MANIFEST_FILE} is not valid JSON"
+    for name, expected in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if f.stat().st_size != expected["bytes"]:
+            return f"{f} has {f.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)"
+        if _sha256(f) != expected["sha256"]:
+            return f"{f} does not match its checksum (corrupt)"
+    return ""
 
 
 def save_checkpoint(
@@ -69,34 +132,47 @@ def save_checkpoint(
     config_yaml: str,
     scaler: Any = None,
 ) -> None:
-    """Write a checkpoint folder atomically (main process only)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    """Write a checkpoint folder atomically (main process only); refuse non-finite weights."""
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / MODEL_FILE), metadata={"epoch": str(state.epoch)})
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "state": dataclasses.asdict(state),
-        },
-        tmp / STATE_FILE,
-    )
-    (tmp / "config.yaml").write_text(config_yaml)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _swap_in(tmp, path)
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"not saving {path}: weights {bad[:3]} hold NaN/inf; the previous checkpoint is kept")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / MODEL_FILE), metadata={"epoch": str(state.epoch)})
+        inject("checkpoint", state.step, True)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "state": dataclasses.asdict(state),
+            },
+            tmp / STATE_FILE,
+        )
+        (tmp / "config.yaml").write_text(config_yaml)
+        _write_manifest(tmp)
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({err}); the previous one, if any, is intact: free space on "
+            f"{path.parent} and resume with --resume=auto"
+        ) from err
+    _swap_in(tmp, path, keep_old=True)
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
     """Atomically make `dst` a copy of checkpoint `src` (e.g. `last` becoming `best`)."""
     tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(src, tmp)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not copy {src} to {dst} ({err}); {dst} is unchanged: free space") from err
     _swap_in(tmp, dst)
 
 
@@ -117,6 +193,10 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, int]:
     model = build_model(name, config["scale"], **options)
     load_model_weights(model, ckpt)
     return model, config["scale"]
+
+
+def read_state(path: Path) -> TrainState:
+    return TrainState(**torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)["state"])
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None) -> TrainState:

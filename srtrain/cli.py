@@ -23,24 +23,32 @@ USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --sec
 """
 
 
-def _error(err: Exception) -> int:
+def _error(err: Exception, status: int = 2) -> int:
     Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    return 2
+    return status
 
 
 def train_main(argv: list[str]) -> int:
-    """Parse, validate, train; configuration and data errors end with one clear line, not a traceback."""
+    """Parse, validate, train. Configuration and data errors end with one clear line and status 2, a diverged run
+    or a failed checkpoint write with one line and status 1, a stop on a signal with EXIT_RESUMABLE (75)."""
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
+    from srtrain.checkpoint import CheckpointError
     from srtrain.models.weights import WeightsError
+    from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume
     from srtrain.train import NonFiniteLossError, train
 
     try:
         config_file, overrides = parse_overrides(argv)
         train(load_config(config_file, overrides))
-    except (ConfigError, DataError, NonFiniteLossError, WeightsError) as err:
+    except (ConfigError, DataError, WeightsError) as err:
         return _error(err)
+    except (NonFiniteLossError, CheckpointError) as err:
+        return _error(err, 1)
+    except StoppedToResume as stop:
+        Console(stderr=True).print(f"[bold yellow]srtrain:[/] {stop}", highlight=False, soft_wrap=True)
+        return EXIT_RESUMABLE
     return 0
 
 

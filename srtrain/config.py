@@ -76,6 +76,9 @@ class Config:
     The LR schedule runs over the training's progress from 0 to 1: steps done out of `epochs` worth of
     steps or, with `time_budget_min`, training minutes spent out of the budget (`epochs` is then a cap).
     `warmup` and `step_every` are fractions of that progress.
+    `checkpoint_every` (optimizer steps) and `checkpoint_every_min` (training minutes) also save `checkpoints/last`
+    inside an epoch (0: only at epoch ends). `nan_policy: skip` skips a step whose loss is NaN/inf instead of
+    stopping, up to `nan_max_skips` in a row.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -106,6 +109,10 @@ class Config:
     resume: str = ""
     val_every: int = 1
     num_samples: int = 3
+    checkpoint_every: int = 0
+    checkpoint_every_min: float = 0.0
+    nan_policy: Literal["stop", "skip"] = "stop"
+    nan_max_skips: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as written to `config.yaml` and sent to W&B."""
@@ -286,6 +293,10 @@ def load_config(config_file: str | Path | None = None, overrides: dict[str, Any]
     return cfg
 
 
+def _numbers(cfg: Config) -> list[tuple[str, float]]:
+    return [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), float)]
+
+
 def validate(cfg: Config) -> None:
     """Check relations between values that types alone cannot express."""
     checks = [
@@ -294,24 +305,40 @@ def validate(cfg: Config) -> None:
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
         (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be a positive number, got {cfg.lr}"),
+        (0 <= cfg.min_lr <= cfg.lr, f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}"),
+        (0 < cfg.gamma <= 1, f"gamma (the step scheduler's decay factor) must be in (0, 1], got {cfg.gamma}"),
+        (0 <= cfg.weight_decay < 1, f"weight_decay must be in [0, 1), got {cfg.weight_decay}"),
         (
             cfg.patch_size % cfg.scale == 0 and cfg.patch_size >= 4 * cfg.scale,
             f"patch_size (HR pixels) must be a multiple of scale {cfg.scale} and at least {4 * cfg.scale}, "
             f"got {cfg.patch_size}; try --patch_size={max(4, round(cfg.patch_size / cfg.scale)) * cfg.scale}",
         ),
         (cfg.data.repeat >= 1, f"data.repeat must be >= 1, got {cfg.data.repeat}"),
+        (
+            cfg.data.num_workers >= 0,
+            f"data.num_workers must be >= 0 (0 = load in the main process), got {cfg.data.num_workers}",
+        ),
+        (cfg.data.max_val_images >= 0, f"data.max_val_images must be >= 0 (0 = all), got {cfg.data.max_val_images}"),
         (0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}"),
         (0 < cfg.step_every <= 1, f"step_every is a fraction of training in (0, 1], got {cfg.step_every}"),
         (cfg.cpu_threads >= 0, "cpu_threads must be >= 0 (0 = the cores divided among this node's processes)"),
         (cfg.time_budget_min >= 0, f"time_budget_min must be >= 0 (0 = no budget), got {cfg.time_budget_min}"),
         (cfg.init_from == "" or Path(cfg.init_from).exists(), f"init_from: '{cfg.init_from}' does not exist"),
         (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),
+        (cfg.num_samples >= 0, f"num_samples must be >= 0, got {cfg.num_samples}"),
         (cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns clipping off), got {cfg.grad_clip}"),
+        (
+            cfg.checkpoint_every >= 0,
+            f"checkpoint_every (steps) must be >= 0 (0 = at epoch ends only), got {cfg.checkpoint_every}",
+        ),
+        (cfg.checkpoint_every_min >= 0, f"checkpoint_every_min must be >= 0 (0 = off), got {cfg.checkpoint_every_min}"),
+        (cfg.nan_max_skips >= 1, f"nan_max_skips must be >= 1, got {cfg.nan_max_skips}"),
         (
             cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
             f"resume must be '', 'auto' or an existing checkpoint directory, got '{cfg.resume}'",
         ),
     ]
+    checks += [(math.isfinite(v), f"{k} must be a finite number, got {v}") for k, v in _numbers(cfg)]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -24,6 +24,7 @@ from srtrain.evaluation import super_resolve
 from srtrain.metrics import quantize
 from srtrain.models.bicubic import Bicubic
 
+WANDB_FLUSH_S = 1.0  # seconds between writes of W&B's run file; all of it is written at the end or on a stop
 console = Console(soft_wrap=True)  # long lines stay whole in logs; tables still fit the width
 TABLE_COLUMNS = [
     ("train", "train_loss"),
@@ -81,7 +82,11 @@ class Tracker:
         self.metrics_file = out_dir / "metrics.jsonl"
         if self.use_wandb:
             os.environ["WANDB_MODE"] = self.mode
-            init = {"dir": str(out_dir), "id": run_id, "resume": "allow"}
+            import wandb
+
+            # W&B writes its `.wandb` file every 15 s by default: a SIGKILL would lose that much of the history.
+            settings = wandb.Settings(x_transaction_log_flush_interval=WANDB_FLUSH_S)
+            init = {"dir": str(out_dir), "id": run_id, "resume": "allow", "settings": settings}
             if cfg.wandb.name:
                 init["name"] = cfg.wandb.name
             if cfg.wandb.entity:
@@ -90,13 +95,23 @@ class Tracker:
             self.run = accelerator.get_tracker("wandb", unwrap=True)
             console.print(f"W&B run {run_id} ({self.mode}), files in {out_dir / 'wandb'}")
 
-    def log_epoch(self, metrics: dict[str, Any], epoch: int) -> None:
+    def log_step(self, step: int, values: dict[str, float], commit: bool) -> None:
+        """The loss curve within epochs, on the optimizer-step axis that epoch metrics share; `commit=False`
+        leaves the step open for the epoch's metrics (W&B drops what comes for a step after its commit)."""
+        if self.accelerator.is_main_process and self.use_wandb:
+            self.run.log(values, step=step, commit=commit)
+
+    def log_epoch(self, metrics: dict[str, Any], epoch: int, step: int, step_values: dict[str, float]) -> None:
+        """Commit epoch `epoch`'s metrics at optimizer step `step` to W&B (with the step's own values, when a
+        resume restores a row a kill cut off), then append them to metrics.jsonl (synced to disk)."""
         if not self.accelerator.is_main_process:
             return
+        if self.use_wandb:
+            self.run.log({**step_values, "epoch": epoch, **metrics}, step=step, commit=True)
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
-        if self.use_wandb:
-            self.accelerator.log(metrics, step=epoch)
+            f.flush()
+            os.fsync(f.fileno())
         table = Table(title=f"epoch {epoch}")
         shown = [(title, key) for title, key in TABLE_COLUMNS if key in metrics]
         for title, _ in shown:
@@ -104,7 +119,8 @@ class Tracker:
         table.add_row(*(f"{metrics[key]:.4g}" for _, key in shown))
         console.print(table)
 
-    def log_samples(self, rows: list[np.ndarray], epoch: int) -> None:
+    def log_samples(self, rows: list[np.ndarray], epoch: int, step: int) -> None:
+        """Sample grids, before the epoch's metrics commit step `step`."""
         if not self.accelerator.is_main_process or not rows:
             return
         width = max(r.shape[1] for r in rows)
@@ -114,7 +130,7 @@ class Tracker:
             import wandb
 
             caption = "LR (nearest) | bicubic | SR | HR"
-            self.run.log({"samples": wandb.Image(grid, caption=caption)}, step=epoch)
+            self.run.log({"samples": wandb.Image(grid, caption=caption)}, step=step, commit=False)
 
     def summary(self, **values: Any) -> None:
         if self.accelerator.is_main_process and self.use_wandb:

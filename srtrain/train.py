@@ -1,33 +1,33 @@
-"""The training loop, top to bottom: set-up, resume, then per epoch train, validate, log, checkpoint."""
+"""The training loop, top to bottom: set-up, resume, then per step train and agree, per epoch validate, checkpoint
+and log. Nothing is lost to a fault but the current step: see docs/faults.md."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
 import uuid
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import broadcast, broadcast_object_list, set_seed
+from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
+from accelerate.utils import broadcast_object_list, set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from srtrain.checkpoint import (
-    TrainState,
-    copy_checkpoint,
-    is_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from srtrain.checkpoint import CheckpointError, TrainState, copy_checkpoint, load_checkpoint, save_checkpoint
 from srtrain.config import Config, ConfigError
 from srtrain.data import StreamLoader, StreamPatches, TrainPatches, ValImages, load_images
 from srtrain.evaluation import evaluate
+from srtrain.faults import inject
 from srtrain.models import build_model
 from srtrain.models.weights import load_model_weights
+from srtrain.rundir import RunDir, open_run, repair_after_kill
+from srtrain.stopping import StoppedToResume, Stopper
 from srtrain.tracking import Tracker, console, sample_grid
 
 
@@ -114,45 +114,6 @@ def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader | Str
     return accelerator.prepare(loader)
 
 
-def resolve_output_dir(cfg: Config) -> Path:
-    """The run directory: `--output_dir`, the latest matching run for `--resume=auto`, or a new one."""
-    if cfg.output_dir:
-        return Path(cfg.output_dir)
-    prefix = f"{cfg.model.name}_x{cfg.scale}_"
-    if cfg.resume == "auto":
-        runs = sorted(p for p in Path("runs").glob(prefix + "*") if is_checkpoint(p / "checkpoints" / "last"))
-        if runs:
-            return runs[-1]
-    stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
-    broadcast_object_list(stamp)
-    return Path("runs") / (prefix + stamp[0])
-
-
-def resume_path(cfg: Config, out_dir: Path) -> Path | None:
-    """The checkpoint to continue from, or None for a fresh start."""
-    if cfg.resume == "auto":
-        for name in ("last", "last.old"):
-            if is_checkpoint(out_dir / "checkpoints" / name):
-                return out_dir / "checkpoints" / name
-        return None
-    if cfg.resume:
-        path = Path(cfg.resume)
-        path = path / "checkpoints" / "last" if is_checkpoint(path / "checkpoints" / "last") else path
-        if not is_checkpoint(path):
-            raise ConfigError(f"resume: '{cfg.resume}' holds no checkpoint (model.safetensors + training_state.pt)")
-        return path
-    return None
-
-
-def check_resumable(cfg: Config, ckpt: Path) -> None:
-    """A checkpoint continues only the same model at the same scale."""
-    saved = yaml.safe_load((ckpt / "config.yaml").read_text())
-    if saved["scale"] != cfg.scale:
-        raise ConfigError(f"resume: checkpoint {ckpt} was trained with scale={saved['scale']}, not {cfg.scale}")
-    if saved["model"]["name"] != cfg.model.name:
-        raise ConfigError(f"resume: checkpoint {ckpt} holds model '{saved['model']['name']}', not '{cfg.model.name}'")
-
-
 def lr_at(cfg: Config, progress: float) -> float:
     """The learning rate at `progress` in [0, 1] of training: linear warm-up, then cosine to `min_lr`,
     step decay by `gamma` every `step_every`, or constant."""
@@ -166,19 +127,189 @@ def lr_at(cfg: Config, progress: float) -> float:
     return cfg.lr
 
 
+def epoch_batches(loader: DataLoader | StreamLoader, epoch: int, skip: int) -> Iterable[dict[str, torch.Tensor]]:
+    """Epoch `epoch`'s batches after the first `skip` (consumed before a mid-epoch checkpoint). A map-style
+    loader skips them in its sampler, without loading a patch; a stream has to read past them."""
+    loader.dataset.set_epoch(epoch)  # the patches drawn (accelerate's set_epoch reaches only the sampler)
+    loader.set_epoch(epoch)
+    if not skip:
+        return loader
+    return (
+        itertools.islice(loader, skip, None) if isinstance(loader, StreamLoader) else skip_first_batches(loader, skip)
+    )
+
+
+def on_main(accelerator: Accelerator, write: Callable[[], None]) -> None:
+    """Run `write` on the main process; its failure (e.g. a full disk) stops every process, none left waiting."""
+    error = [""]
+    if accelerator.is_main_process:
+        try:
+            write()
+        except (CheckpointError, OSError) as err:
+            error = [str(err)]
+    broadcast_object_list(error)
+    if error[0]:
+        raise CheckpointError(error[0])
+
+
+@dataclass
+class Job:
+    """What the step and epoch-end functions share."""
+
+    cfg: Config
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[..., torch.Tensor]
+    state: TrainState
+    stopper: Stopper
+    tracker: Tracker
+    run: RunDir
+    config_yaml: str
+    val_loader: DataLoader
+    val_set: ValImages
+    bicubic_psnr_y: float
+    total_steps: int
+    clock0: float = 0.0  # perf_counter() minus the training seconds already spent
+    saved_at_s: float = 0.0  # training seconds at the last checkpoint
+    nan_skips: int = 0
+
+
+def finish_step(job: Job, window: torch.Tensor) -> float:
+    """End an optimizer step on every process: one collective agrees on the step's loss (`window`: loss sum,
+    patches), stop signals and the training clock (the step's one host sync); then the update, unless the loss is
+    not finite. Returns the step's mean loss."""
+    cfg, state, stopper, acc = job.cfg, job.state, job.stopper, job.accelerator
+    inject("step", state.step + 1, acc.is_main_process, lambda: bool(stopper.signal_name))
+    status = torch.cat([window, window.new_tensor([stopper.vote(), time.perf_counter() - job.clock0])])
+    loss_sum, patches, signals, seconds = acc.reduce(status, "sum").tolist()
+    stopper.update(signals > 0, seconds / acc.num_processes)
+    state.train_seconds, state.step = stopper.train_seconds, state.step + 1
+    loss = loss_sum / patches
+    if not math.isfinite(loss):
+        job.nan_skips += 1
+        if cfg.nan_policy == "stop" or job.nan_skips > cfg.nan_max_skips:
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {state.step} (epoch {state.epoch + 1})"
+                + (f", {job.nan_skips} steps in a row" if cfg.nan_policy == "skip" else "")
+                + f": lower --lr (now {cfg.lr}), set --grad_clip, or use --mixed_precision=no; the last good "
+                f"checkpoint is in {job.run.path / 'checkpoints'} (--resume=auto continues from it)"
+            )
+        job.optimizer.zero_grad(set_to_none=True)
+        return loss
+    job.nan_skips = 0
+    if cfg.grad_clip:
+        acc.clip_grad_norm_(job.model.parameters(), cfg.grad_clip)
+    progress = stopper.progress_of_budget() if stopper.budget_s else state.step / job.total_steps
+    for group in job.optimizer.param_groups:
+        group["lr"] = lr_at(cfg, progress)
+    job.optimizer.step()
+    job.optimizer.zero_grad(set_to_none=True)
+    state.epoch_loss_sum, state.epoch_patches = state.epoch_loss_sum + loss_sum, state.epoch_patches + int(patches)
+    return loss
+
+
+def save_last(job: Job) -> None:
+    """Checkpoint this step to `checkpoints/last` (every process calls: the replicas are compared first)."""
+    check_in_sync(job.model, job.accelerator)
+    job.saved_at_s = job.state.train_seconds
+    plain = job.accelerator.unwrap_model(job.model)
+    last = job.run.path / "checkpoints" / "last"
+    scaler = job.accelerator.scaler
+    on_main(job.accelerator, lambda: save_checkpoint(last, plain, job.optimizer, job.state, job.config_yaml, scaler))
+
+
+def checkpoint_due(job: Job) -> bool:
+    cfg, state = job.cfg, job.state
+    by_steps = bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0
+    by_time = bool(cfg.checkpoint_every_min) and state.train_seconds - job.saved_at_s >= 60 * cfg.checkpoint_every_min
+    return by_steps or by_time
+
+
+def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
+    """Validate (when due), checkpoint, then publish: W&B and metrics.jsonl committed right after the checkpoint
+    (a resume restores a row a kill cut off), then samples and `best`. Returns the epoch's metrics."""
+    cfg, state, acc = job.cfg, job.state, job.accelerator
+    row: dict[str, float] = {}
+    if validate:
+        inject("validation", epoch, acc.is_main_process)
+        val = evaluate(job.model, job.val_loader, acc, cfg.scale, job.loss_fn, gray=cfg.data.gray)
+        row = {
+            "train_loss": state.epoch_loss_sum / state.epoch_patches if state.epoch_patches else float("nan"),
+            "val_loss": val["loss"].mean().item(),
+            "psnr_y": val["psnr_y"].mean().item(),
+            "ssim_y": val["ssim_y"].mean().item(),
+            "psnr_rgb": val["psnr_rgb"].mean().item(),
+            "bicubic_psnr_y": job.bicubic_psnr_y,
+            "lr": job.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": state.epoch_seconds,
+            "patches_per_s": state.epoch_patches / state.epoch_seconds if state.epoch_seconds else 0.0,
+            "train_minutes": state.train_seconds / 60,
+        }
+    improved = bool(row) and row["psnr_y"] > state.best_psnr_y
+    if improved:
+        state.best_psnr_y, state.best_epoch = row["psnr_y"], epoch
+    state.epoch, state.epoch_row = epoch, row
+    state.batches_done, state.epoch_loss_sum, state.epoch_patches, state.epoch_seconds = 0, 0.0, 0, 0.0
+    save_last(job)
+
+    def publish() -> None:
+        inject("epoch_end", epoch, True)
+        if not row:
+            return
+        plain = acc.unwrap_model(job.model)
+        samples = [sample_grid(plain, job.val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(job.val_set)))]
+        job.tracker.log_samples(samples, epoch, state.step)
+        job.tracker.log_epoch(row, epoch, state.step, {})
+        job.tracker.summary(
+            best_psnr_y=state.best_psnr_y, best_epoch=state.best_epoch, bicubic_psnr_y=job.bicubic_psnr_y
+        )
+        if improved:
+            copy_checkpoint(job.run.path / "checkpoints" / "last", job.run.path / "checkpoints" / "best")
+
+    on_main(acc, publish)
+    return row
+
+
+def stop_to_resume(job: Job) -> None:
+    """A signal: checkpoint this step (unless the epoch end just did), leave the marker, flush W&B, exit 75."""
+    state = job.state
+    if state.batches_done:
+        save_last(job)
+    on_main(job.accelerator, lambda: job.stopper.write_marker(job.run.path, state.step, state.epoch))
+    job.tracker.finish()
+    raise StoppedToResume(
+        f"stopped by {job.stopper.signal_name or 'a signal to another process'} at step {state.step} (epoch "
+        f"{state.epoch + 1}, batch {state.batches_done}); checkpoint {job.run.path / 'checkpoints' / 'last'}; "
+        "continue with --resume=auto"
+    )
+
+
+def progress_bar(epoch: int, cfg: Config, main: bool) -> Progress:
+    return Progress(
+        TextColumn(f"epoch {epoch}/{cfg.epochs}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not main,
+        transient=True,
+    )
+
+
 def train(cfg: Config) -> dict[str, float]:
     """Run one job; return the final summary (best and last PSNR-Y, bicubic PSNR-Y)."""
     accelerator = make_accelerator(cfg)
+    stopper = Stopper(cfg.time_budget_min * 60)
+    stopper.install()
     set_seed(cfg.seed)
-    out_dir = resolve_output_dir(cfg)
-    ckpt = resume_path(cfg, out_dir)
-    if ckpt is not None:
-        check_resumable(cfg, ckpt)
     main = accelerator.is_main_process
+    run = open_run(cfg, main)
     model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
-    if cfg.init_from and ckpt is None:
+    if cfg.init_from and run.ckpt is None:
         load_model_weights(model, Path(cfg.init_from))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # NHWC often runs convolutions faster on GPUs
@@ -199,147 +330,111 @@ def train(cfg: Config) -> dict[str, float]:
             f"an epoch has {len(train_loader.dataset)} patches, fewer than one global batch "
             f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}); raise --data.repeat"
         )
-    total_steps = cfg.epochs * steps_per_epoch
-    budget_s = cfg.time_budget_min * 60
 
-    state = TrainState(wandb_run_id=uuid.uuid4().hex[:8])
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
+    state = TrainState()
+    if run.ckpt is not None:
+        state = load_checkpoint(run.ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
+    if not run.continues:  # a new run, also from another run's checkpoint: a new W&B run
+        state.wandb_run_id = uuid.uuid4().hex[:8]
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(config_yaml)
-    tracker = Tracker(accelerator, cfg, out_dir, state.wandb_run_id)
+    cut_off_row: dict[str, float] = {}
+    if main and run.continues:
+        cut_off_row = repair_after_kill(run, state)
+    elif main:
+        (run.path / "config.yaml").write_text(config_yaml)
+    tracker = Tracker(accelerator, cfg, run.path, state.wandb_run_id)
+    if cut_off_row:
+        tracker.log_epoch(cut_off_row, state.epoch, state.step, state.step_values)
+    stopper.update(False, state.train_seconds)
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if main:
-        budget = f"{cfg.time_budget_min:g} min budget" if budget_s else f"{total_steps} steps"
+        budget = f"{cfg.time_budget_min:g} min budget" if stopper.budget_s else f"{cfg.epochs * steps_per_epoch} steps"
+        for problem in run.skipped:
+            console.print(f"[bold yellow]warning:[/] damaged checkpoint passed over: {problem}")
         console.print(
             f"[bold]srtrain[/] {cfg.model.name} x{cfg.scale}: {n_params:,} parameters, "
             f"{len(train_loader.dataset.images)} train / {len(val_images)} val images, "
             f"{accelerator.num_processes} process(es) "
             f"on {accelerator.device}, batch {cfg.batch_size}/process x {accelerator.num_processes} x "
             f"{cfg.grad_accum} accumulation = {global_batch} global, lr {cfg.lr}, {cfg.mixed_precision} precision, "
-            f"{budget}, run dir {out_dir}" + (f", resuming from epoch {state.epoch} ({ckpt})" if ckpt else "")
+            f"{budget}, run dir {run.path}"
+            + (f", resuming from epoch {state.epoch} step {state.step} ({run.ckpt})" if run.ckpt else "")
         )
-
-    def progress_at(epoch_start: float) -> float:
-        """Training progress in [0, 1]; with a time budget the main process's clock decides for all ranks."""
-        if not budget_s:
-            return (state.step + 1) / total_steps
-        spent = torch.tensor([state.train_seconds + time.perf_counter() - epoch_start], device=accelerator.device)
-        return broadcast(spent).item() / budget_s
-
     bicubic = evaluate(
         build_model("bicubic", cfg.scale).to(accelerator.device), val_loader, accelerator, cfg.scale, gray=cfg.data.gray
     )
-    bicubic_psnr_y = bicubic["psnr_y"].mean().item()
+    job = Job(
+        cfg,
+        accelerator,
+        model,
+        optimizer,
+        loss_fn,
+        state,
+        stopper,
+        tracker,
+        run,
+        config_yaml,
+        val_loader,
+        val_set,
+        bicubic["psnr_y"].mean().item(),
+        cfg.epochs * steps_per_epoch,
+        saved_at_s=state.train_seconds,
+    )
     last: dict[str, float] = {}
-    out_of_budget = bool(budget_s) and state.train_seconds >= budget_s
+    window = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, patches of this step
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        if out_of_budget:
+        if stopper.out_of_time():
             break
-        train_loader.dataset.set_epoch(epoch)  # the patches drawn (accelerate's set_epoch reaches only the sampler)
-        train_loader.set_epoch(epoch)
         model.train()
-        start = time.perf_counter()
-        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        patches = 0
-        with Progress(
-            TextColumn(f"epoch {epoch}/{cfg.epochs}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not main,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("train", total=len(train_loader), loss=float("nan"))
-            for batch in train_loader:
-                progress = progress_at(start)
-                if budget_s and progress >= 1 and patches:  # an epoch always trains at least one step
-                    out_of_budget = True
-                    break
+        job.clock0, epoch_began = time.perf_counter() - state.train_seconds, state.train_seconds - state.epoch_seconds
+        with progress_bar(epoch, cfg, main) as bar:
+            task = bar.add_task("train", total=len(train_loader), completed=state.batches_done, loss=float("nan"))
+            for batch in epoch_batches(train_loader, epoch, state.batches_done):
                 with accelerator.accumulate(model):
-                    sr = model(batch["lr"].contiguous(memory_format=memory_format))
-                    loss = loss_fn(sr.float(), batch["hr"])
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"loss became {loss.item()} at epoch {epoch}, step {state.step}: lower --lr "
-                            f"(now {cfg.lr}), set --grad_clip, or use --mixed_precision=no; "
-                            f"the last good checkpoint is in {out_dir / 'checkpoints'}"
-                        )
+                    loss = loss_fn(model(batch["lr"].contiguous(memory_format=memory_format)).float(), batch["hr"])
                     accelerator.backward(loss)
-                    if cfg.grad_clip and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(cfg, progress)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients:
-                    state.step += 1
-                loss_sum += loss.detach().double() * len(batch["lr"])
-                patches += len(batch["lr"])
-                bar.update(task, advance=1, loss=loss.item())
-        out_of_budget = out_of_budget or (bool(budget_s) and progress_at(start) >= 1)  # no empty epoch next
-        epoch_time = time.perf_counter() - start
-        state.train_seconds += epoch_time
-        totals = accelerator.reduce(
-            torch.stack([loss_sum, torch.tensor(float(patches), device=loss_sum.device, dtype=torch.float64)]),
-            "sum",
-        )
-        state.epoch = epoch
-        if epoch % cfg.val_every and epoch != cfg.epochs and not out_of_budget:
-            continue
-
-        val = evaluate(model, val_loader, accelerator, cfg.scale, loss_fn, gray=cfg.data.gray)
-        last = {
-            "train_loss": (totals[0] / totals[1]).item() if totals[1] else float("nan"),
-            "val_loss": val["loss"].mean().item(),
-            "psnr_y": val["psnr_y"].mean().item(),
-            "ssim_y": val["ssim_y"].mean().item(),
-            "psnr_rgb": val["psnr_rgb"].mean().item(),
-            "bicubic_psnr_y": bicubic_psnr_y,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": epoch_time,
-            "patches_per_s": totals[1].item() / epoch_time,
-            "train_minutes": state.train_seconds / 60,
-        }
-        check_in_sync(model, accelerator)
-        improved = last["psnr_y"] > state.best_psnr_y
-        if improved:
-            state.best_psnr_y, state.best_epoch = last["psnr_y"], epoch
-        if main:
-            plain = accelerator.unwrap_model(model)
-            tracker.log_samples(
-                [sample_grid(plain, val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(val_set)))], epoch
-            )
-            tracker.log_epoch(last, epoch)
-            tracker.summary(best_psnr_y=state.best_psnr_y, best_epoch=state.best_epoch, bicubic_psnr_y=bicubic_psnr_y)
-            ckpt_dir = out_dir / "checkpoints"
-            save_checkpoint(ckpt_dir / "last", plain, optimizer, state, config_yaml, accelerator.scaler)
-            if improved:
-                copy_checkpoint(ckpt_dir / "last", ckpt_dir / "best")
-        accelerator.wait_for_everyone()
+                    window += torch.stack(
+                        [loss.detach().double() * len(batch["lr"]), window.new_tensor(len(batch["lr"]))]
+                    )
+                    state.batches_done += 1
+                    if not accelerator.sync_gradients:
+                        continue
+                    step_loss = finish_step(job, window)
+                    window.zero_()
+                state.epoch_seconds = state.train_seconds - epoch_began
+                epoch_done = state.batches_done == len(train_loader)
+                bar.update(task, completed=state.batches_done, loss=step_loss)
+                state.step_values = {"train/loss": step_loss, "train/lr": optimizer.param_groups[0]["lr"]}
+                tracker.log_step(state.step, state.step_values, commit=not (epoch_done or stopper.out_of_time()))
+                if stopper.stop_now():
+                    break
+                if checkpoint_due(job) and not epoch_done:
+                    save_last(job)
+        if stopper.agreed_signal and not epoch_done:
+            stop_to_resume(job)
+        validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs or stopper.out_of_time()
+        last = end_epoch(job, epoch, validate) or last
+        if stopper.agreed_signal and epoch != cfg.epochs:
+            stop_to_resume(job)
 
     tracker.finish()
     summary = {
         "best_psnr_y": state.best_psnr_y,
         "best_epoch": state.best_epoch,
-        "bicubic_psnr_y": bicubic_psnr_y,
+        "bicubic_psnr_y": job.bicubic_psnr_y,
         **{f"final_{k}": v for k, v in last.items()},
     }
     if main:
         final = last.get("psnr_y", state.best_psnr_y)
         console.print(
-            f"[bold]done[/]: final val PSNR-Y {final:.2f} dB vs bicubic {bicubic_psnr_y:.2f} dB "
-            f"({final - bicubic_psnr_y:+.2f} dB); best {state.best_psnr_y:.2f} dB at epoch {state.best_epoch}; "
+            f"[bold]done[/]: final val PSNR-Y {final:.2f} dB vs bicubic {job.bicubic_psnr_y:.2f} dB "
+            f"({final - job.bicubic_psnr_y:+.2f} dB); best {state.best_psnr_y:.2f} dB at epoch {state.best_epoch}; "
             + (
                 f"weights identical on all {accelerator.num_processes} processes; "
                 if accelerator.num_processes > 1
                 else ""
             )
-            + f"checkpoints in {out_dir / 'checkpoints'}"
+            + f"checkpoints in {run.path / 'checkpoints'}"
         )
     return summary

@@ -1,0 +1,37 @@
+"""A test hook: `SRTRAIN_FAULT=ACTION:POINT:N` makes the main process fail at a known place, so that the fault
+tests are deterministic rather than timed. Not for users; unset, it costs one string comparison per point.
+
+POINT (with N): `step` (after optimizer step N), `checkpoint` (in the write of the checkpoint at step N, after the
+weights file, before the rest), `validation` (in epoch N's validation), `epoch_end` (after epoch N's checkpoint,
+before its metrics line). ACTION: `kill` (SIGKILL, as the OOM killer does), `enospc` (the write fails as on a
+full disk), `pause` (write `fault_ready` in the working directory, then wait for a stop signal: the test sends one).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+READY_FILE = "fault_ready"
+_SPEC = os.environ.get("SRTRAIN_FAULT", "")
+
+
+def inject(point: str, n: int, main: bool, stop_requested: Callable[[], bool] = lambda: False) -> None:
+    """Fail here if SRTRAIN_FAULT names this point and number (main process only)."""
+    if not _SPEC or not main:
+        return
+    action, where, at = _SPEC.split(":")
+    if where != point or int(at) != n:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "(SRTRAIN_FAULT)")
+    elif action == "pause":
+        Path(READY_FILE).write_text(str(os.getpid()))
+        while not stop_requested():
+            time.sleep(0.01)

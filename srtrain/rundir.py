@@ -1,0 +1,201 @@
+"""One run, one directory: which directory and checkpoint a job uses, the lock that keeps out a second writer,
+the refusal to write into another run, and the repairs a resume makes after a kill (metrics.jsonl, `best`).
+
+A run directory holds `config.yaml` (written once, by the run that created it), `metrics.jsonl`, `samples/`,
+`checkpoints/{last,best}`, `wandb/` and, while a process trains in it, a lock on `.lock`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from accelerate.utils import broadcast_object_list
+
+from srtrain.checkpoint import TrainState, checkpoint_problem, copy_checkpoint, is_checkpoint, read_state
+from srtrain.config import Config, ConfigError
+from srtrain.stopping import STOPPED_FILE
+
+LOCK_FILE = ".lock"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "samples", "wandb")
+# Keys a resume may change: how long to train, where to log and read data, how often to save or validate.
+RESUMABLE_CHANGES = {
+    "epochs",
+    "time_budget_min",
+    "output_dir",
+    "resume",
+    "init_from",
+    "num_samples",
+    "val_every",
+    "cpu_threads",
+    "checkpoint_every",
+    "checkpoint_every_min",
+    "data.train",
+    "data.val",
+    "data.num_workers",
+    "data.cache",
+    "data.max_val_images",
+}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not prefix and k in ("data", "wandb"):
+            out.update(_flat(v, k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: saved -> now` for every setting that a resume may not change (W&B settings may)."""
+    a, b = _flat(saved), _flat(now)
+    keys = sorted((a.keys() | b.keys()) - RESUMABLE_CHANGES)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if not k.startswith("wandb.") and a.get(k) != b.get(k)]
+
+
+def resolve_output_dir(cfg: Config) -> Path:
+    """The run directory: `--output_dir`, the latest matching run for `--resume=auto`, or a new one."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    prefix = f"{cfg.model.name}_x{cfg.scale}_"
+    if cfg.resume == "auto":
+        runs = sorted(p for p in Path("runs").glob(prefix + "*") if (p / "checkpoints").is_dir())
+        if runs:
+            return runs[-1]
+    stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
+    broadcast_object_list(stamp)
+    return Path("runs") / (prefix + stamp[0])
+
+
+def _good_checkpoint(folder: Path, what: str) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint among `last`, `last.old` of a checkpoints folder, and what was wrong."""
+    problems = []
+    for name in ("last", "last.old"):
+        path = folder / name
+        if not path.exists():
+            continue
+        problem = checkpoint_problem(path)
+        if not problem:
+            return path, problems
+        problems.append(problem)
+    if problems:
+        raise ConfigError(f"resume: no complete checkpoint in {what}: {'; '.join(problems)}")
+    return None, problems
+
+
+def resume_path(cfg: Config, out_dir: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to continue from (None: a fresh start) and the damaged newer ones passed over."""
+    if cfg.resume == "auto":
+        return _good_checkpoint(out_dir / "checkpoints", str(out_dir))
+    if not cfg.resume:
+        return None, []
+    path = Path(cfg.resume)
+    if (path / "checkpoints").is_dir():
+        found, problems = _good_checkpoint(path / "checkpoints", str(path))
+        if found is None:
+            raise ConfigError(f"resume: '{cfg.resume}' holds no checkpoint")
+        return found, problems
+    if not is_checkpoint(path):
+        raise ConfigError(f"resume: '{cfg.resume}' holds no checkpoint (model.safetensors + training_state.pt)")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ConfigError(f"resume: checkpoint '{cfg.resume}' is damaged: {problem}")
+    return path, []
+
+
+def check_resumable(cfg: Config, ckpt: Path) -> None:
+    """A checkpoint continues only the same job: other settings would silently change what is trained (a new
+    batch or patch size changes the steps per epoch, and with them the learning-rate schedule)."""
+    saved = yaml.safe_load((ckpt / "config.yaml").read_text())
+    changed = config_differences(saved, cfg.to_dict())
+    if changed:
+        raise ConfigError(
+            f"resume: the configuration differs from checkpoint {ckpt}'s in {', '.join(changed)}; resume with the "
+            f"checkpoint's values (only {', '.join(sorted(RESUMABLE_CHANGES - {'output_dir', 'resume'}))} and "
+            "wandb.* may change) or start a new run with another --output_dir"
+        )
+
+
+@dataclass
+class RunDir:
+    """The claimed run directory of this job (main process holds the lock) and the checkpoint it resumes."""
+
+    path: Path
+    ckpt: Path | None
+    continues: bool  # the checkpoint is this directory's own: same W&B run, same config.yaml
+    skipped: list[str]
+    lock: IO[str] | None = None
+
+
+def _claim(out_dir: Path, continues: bool) -> IO[str]:
+    """Lock `out_dir` for this run's life; refuse a directory that holds another run we do not continue."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the run's life, closed by the OS)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise ConfigError(
+            f"output_dir {out_dir} is in use by another srtrain process (pid {lock.read().strip() or '?'}); "
+            "wait for it or pick another --output_dir"
+        ) from None
+    if not continues:
+        found = [name for name in RUN_FILES if (out_dir / name).exists()]
+        if found:
+            raise ConfigError(
+                f"output_dir {out_dir} holds another run ({', '.join(found)}); continue it with --resume=auto, "
+                "or pick another --output_dir"
+            )
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def open_run(cfg: Config, main: bool) -> RunDir:
+    """Decide and claim the run directory on the main process; every process gets the same answer or error."""
+    out_dir = resolve_output_dir(cfg)
+    ckpt, skipped = resume_path(cfg, out_dir)
+    continues = ckpt is not None and ckpt.parent.resolve() == (out_dir / "checkpoints").resolve()
+    if ckpt is not None:
+        check_resumable(cfg, ckpt)
+    error, lock = [""], None
+    if main:
+        try:
+            lock = _claim(out_dir, continues)
+        except ConfigError as err:
+            error = [str(err)]
+    broadcast_object_list(error)
+    if error[0]:
+        raise ConfigError(error[0])
+    return RunDir(out_dir, ckpt, continues, skipped, lock)
+
+
+def repair_after_kill(run: RunDir, state: TrainState) -> dict[str, float]:
+    """Make the directory agree with the checkpoint resumed (main process): metrics.jsonl keeps each finished
+    epoch once, and only those the checkpoint has; `best` is the best epoch's checkpoint (a kill may have come
+    before its copy); no stale stop marker. Returns the resumed epoch's row when a kill came before its metrics
+    line (and so before its W&B commit): the caller logs it."""
+    (run.path / STOPPED_FILE).unlink(missing_ok=True)
+    metrics = run.path / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    kept = {r["epoch"]: r for r in reversed(rows) if r["epoch"] <= state.epoch}
+    lines = [json.dumps(kept[e]) + "\n" for e in sorted(kept)]
+    if lines != [json.dumps(r) + "\n" for r in rows]:
+        tmp = metrics.with_name("metrics.jsonl.tmp")
+        tmp.write_text("".join(lines))
+        tmp.replace(metrics)
+    best = run.path / "checkpoints" / "best"
+    best_epoch = read_state(best).epoch if not checkpoint_problem(best) else -1
+    if run.continues and state.best_epoch == state.epoch and best_epoch != state.epoch:
+        copy_checkpoint(run.ckpt, best)
+    return state.epoch_row if state.epoch_row and state.epoch not in kept else {}

@@ -1,0 +1,277 @@
+"""Fault injection, for real: processes killed with SIGKILL at chosen steps, real signals through `accelerate
+launch`, damaged checkpoint files, a real full disk. Each run is resumed and compared with one that never failed.
+
+Kill points come from `SRTRAIN_FAULT` (srtrain/faults.py), so that every run is deterministic, not timed.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, accelerate_launch, needs_data
+from safetensors.torch import load_file
+from test_train import metrics, tiny_job, wandb_history
+
+from srtrain.checkpoint import checkpoint_problem, read_state
+from srtrain.faults import READY_FILE
+from srtrain.stopping import EXIT_RESUMABLE, STOPPED_FILE
+
+pytestmark = needs_data
+MAIN = str(ROOT / "srtrain" / "main.py")
+STEPS = 8  # 4 images x repeat 8 / batch 8 = 4 steps per epoch, 2 epochs
+
+
+def job(photos: Path, out: Path, *extra: str) -> list[str]:
+    """Tiny, with a cosine schedule (the learning rate must continue exactly) and a checkpoint every step."""
+    return tiny_job(photos, out, "--epochs=2", "--scheduler=cosine", "--min_lr=0.0001", "--checkpoint_every=1", *extra)
+
+
+def srtrain(args: list[str], cwd: Path, fault: str = "", wandb: str = "offline") -> subprocess.CompletedProcess:
+    """One process, started directly (the launcher is tested with signals below)."""
+    env = {**os.environ, "WANDB_MODE": wandb, "SRTRAIN_FAULT": fault}
+    return subprocess.run(
+        [sys.executable, "-m", "srtrain", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, photo_folder):
+    """The job straight through, never interrupted."""
+    root = tmp_path_factory.mktemp("reference")
+    out = root / "run"
+    proc = srtrain(job(photo_folder, out), root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_sigkill_anywhere_then_resume_is_bit_identical(reference, photo_folder, tmp_path):
+    """SIGKILL at seeded random steps, inside a checkpoint write, in validation and between an epoch's checkpoint
+    and its metrics line; after each, `--resume=auto`. The end: the same weights, bit for bit, every epoch once
+    in metrics.jsonl and in W&B, one W&B run whose steps continue."""
+    rng = random.Random(9)
+    a, b = rng.randint(2, STEPS // 2), rng.randint(STEPS // 2 + 1, STEPS - 1)
+    c = rng.randint(b + 1, STEPS)
+    faults = [f"kill:step:{a}", "kill:validation:1", "kill:epoch_end:1", f"kill:checkpoint:{b}", f"kill:step:{c}"]
+    out = tmp_path / "run"
+    for i, fault in enumerate(faults):
+        proc = srtrain(job(photo_folder, out, *(["--resume=auto"] if i else [])), tmp_path, fault)
+        assert proc.returncode == -signal.SIGKILL, (fault, proc.stderr[-3000:])
+    proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from epoch" in proc.stdout
+    assert_identical(out, reference)
+    rows, ref_rows = metrics(out), metrics(reference)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row, ref in zip(rows, ref_rows, strict=True):
+        for key in ("train_loss", "val_loss", "psnr_y", "lr"):
+            assert row[key] == ref[key], key
+    assert read_state(out / "checkpoints" / "best").epoch == read_state(reference / "checkpoints" / "best").epoch
+    segments = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(segments) == len(faults) + 1 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1
+    history = [h for run in segments for h in wandb_history(run)]
+    epochs = [(h["epoch"], h["_step"]) for h in history if "psnr_y" in h]
+    assert sorted(epochs) == [(1, STEPS // 2), (2, STEPS)]  # each epoch once, on the optimizer-step axis
+    # The loss curve continues across the kills on one step axis; a SIGKILL loses at most W&B's last second.
+    final = [h["_step"] for h in wandb_history(segments[-1]) if "train/loss" in h]
+    assert final == list(range(final[0], STEPS + 1))
+    assert {h["_step"] for h in history if "train/loss" in h} >= set(range(1, 2)) | set(final)
+
+
+def test_signal_stop_and_requeue_through_the_launcher(reference, photo_folder, tmp_path):
+    """SIGTERM to `accelerate launch` (1 process: the launcher dies, the trainer hears of it by PDEATHSIG) stops
+    the trainer at the current step with a checkpoint, the marker and exit 75; no process is left; the resumed
+    run ends bit-identical to the uninterrupted one."""
+    out = tmp_path / "run"
+    worker, launcher = paused_launch(1, job(photo_folder, out), tmp_path, "pause:step:3")
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(timeout=60)
+    wait_gone(worker)
+    stopped = json.loads((out / STOPPED_FILE).read_text())
+    assert stopped["exit_code"] == EXIT_RESUMABLE and stopped["signal"] == "SIGTERM" and stopped["step"] == 3
+    state = read_state(out / "checkpoints" / "last")
+    assert (state.step, state.batches_done) == (3, 3)
+    proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / STOPPED_FILE).exists()
+    assert_identical(out, reference)
+
+
+def test_two_processes_stop_together_on_a_signal(reference, photo_folder, tmp_path):
+    """2 processes: the launcher forwards SIGUSR1 (with PET_SIGNALS_TO_HANDLE, as docs/faults.md says), both ranks
+    agree in the step's collective, one checkpoint, the marker; the launcher itself exits 1 (torchrun's agent
+    raises on the signal). Resumed, the run matches 1 process within float tolerance."""
+    out = tmp_path / "run"
+    args = job(photo_folder, out, "--batch_size=4")
+    worker, launcher = paused_launch(2, args, tmp_path, "pause:step:5")
+    launcher.send_signal(signal.SIGUSR1)
+    assert launcher.wait(timeout=120) == 1
+    wait_gone(worker)
+    assert launcher.stderr.read().count("srtrain: stopped by SIGUSR1 at step 5") == 2  # both ranks, 75 each
+    assert json.loads((out / STOPPED_FILE).read_text())["step"] == 5
+    assert read_state(out / "checkpoints" / "last").step == 5
+    env = {**os.environ, "WANDB_MODE": "disabled", "ACCELERATE_USE_CPU": "1", "SRTRAIN_FAULT": ""}
+    cmd = [*accelerate_launch(2), MAIN, *args, "--resume=auto"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w, ref = weights(out), weights(reference)
+    for name in ref:
+        torch.testing.assert_close(w[name], ref[name], rtol=1e-4, atol=2e-5)
+
+
+def paused_launch(processes: int, args: list[str], cwd: Path, fault: str) -> tuple[int, subprocess.Popen]:
+    """`accelerate launch` paused at a step by the fault hook: (the main worker's pid, the launcher)."""
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "ACCELERATE_USE_CPU": "1",
+        "SRTRAIN_FAULT": fault,
+        "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+    }
+    launcher = subprocess.Popen(
+        [*accelerate_launch(processes), MAIN, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = cwd / READY_FILE
+    deadline = time.monotonic() + 180
+    while not ready.exists() or not ready.read_text():
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:]
+        time.sleep(0.1)
+    return int(ready.read_text()), launcher
+
+
+def wait_gone(pid: int) -> None:
+    """The trainer exits on its own (no orphan left training): poll until its pid is gone."""
+    deadline = time.monotonic() + 120
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+        assert time.monotonic() < deadline, f"trainer {pid} still running: an orphan"
+        time.sleep(0.1)
+
+
+def test_second_sigint_exits_at_once():
+    code = (
+        "import os, signal, time\n"
+        "from srtrain.stopping import Stopper\n"
+        "s = Stopper(0); s.install()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "while not s.signal_name: time.sleep(0.01)\n"
+        "print(s.signal_name, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stdout.strip() == "SIGINT"
+
+
+def test_damaged_last_checkpoint_falls_back_to_the_previous(reference, photo_folder, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    model = out / "checkpoints" / "last" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-100])  # truncated
+    assert "truncated" in checkpoint_problem(out / "checkpoints" / "last")
+    proc = srtrain(job(photo_folder, out, "--resume=auto", "--epochs=3"), tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "damaged checkpoint passed over" in proc.stdout and "last.old" in proc.stdout
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
+
+    old = out / "checkpoints" / "last.old" / "training_state.pt"
+    old.write_bytes(old.read_bytes()[:10] + b"x" + old.read_bytes()[11:])  # corrupt, same size
+    last = out / "checkpoints" / "last" / "manifest.json"
+    last.unlink()
+    proc = srtrain(job(photo_folder, out, "--resume=auto", "--epochs=4"), tmp_path, wandb="disabled")
+    assert proc.returncode == 2
+    assert "no complete checkpoint" in proc.stderr and "checksum" in proc.stderr and "manifest" in proc.stderr
+
+
+def test_one_run_one_directory(reference, photo_folder, tmp_path):
+    """A new run refuses a directory holding another run; a second writer is locked out; a resume that would
+    change what is trained is refused with the differences; the run's config.yaml is never rewritten."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    config = (out / "config.yaml").read_text()
+    proc = srtrain(job(photo_folder, out), tmp_path, wandb="disabled")
+    assert proc.returncode == 2 and "holds another run" in proc.stderr and "--resume=auto" in proc.stderr
+    proc = srtrain(job(photo_folder, out, "--resume=auto", "--batch_size=4", "--patch_size=32"), tmp_path)
+    assert proc.returncode == 2
+    assert "batch_size: 8 -> 4" in proc.stderr and "patch_size: 48 -> 32" in proc.stderr
+    with open(out / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = srtrain(job(photo_folder, out, "--resume=auto", "--epochs=3"), tmp_path, wandb="disabled")
+    assert proc.returncode == 2 and "in use by another srtrain process" in proc.stderr
+    assert (out / "config.yaml").read_text() == config
+    assert [r["epoch"] for r in metrics(out)] == [1, 2]
+
+
+@contextlib.contextmanager
+def small_disk(path: Path):
+    """A real 16 MiB tmpfs at `path` (root can mount one); None where mounting is not permitted."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True)
+    try:
+        yield path if mounted.returncode == 0 else None
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", str(path)], check=True)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(photo_folder, tmp_path):
+    """The disk fills while the job is paused; its stop checkpoint fails: a clear error, the previous checkpoint
+    intact and resumable once space is freed. Without permission to mount, the write fails at the same place
+    through the fault hook's ENOSPC."""
+    with small_disk(tmp_path / "disk") as disk:
+        out = (disk or tmp_path) / "run"
+        if disk is None:
+            proc = srtrain(job(photo_folder, out), tmp_path, "enospc:checkpoint:3", wandb="disabled")
+        else:
+            env = {**os.environ, "WANDB_MODE": "disabled", "SRTRAIN_FAULT": "pause:step:3"}
+            trainer = subprocess.Popen(
+                [sys.executable, "-m", "srtrain", *job(photo_folder, out)], cwd=tmp_path, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            while not (tmp_path / READY_FILE).exists() or not (tmp_path / READY_FILE).read_text():
+                assert trainer.poll() is None, trainer.stderr.read()
+                time.sleep(0.1)
+            stat = os.statvfs(disk)
+            with open(disk / "filler", "wb") as f, contextlib.suppress(OSError):
+                f.write(b"\0" * (stat.f_bavail * stat.f_frsize))
+            trainer.send_signal(signal.SIGTERM)
+            stdout, stderr = trainer.communicate(timeout=120)
+            proc = subprocess.CompletedProcess(trainer.args, trainer.returncode, stdout, stderr)
+            (disk / "filler").unlink()
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "could not write checkpoint" in proc.stderr and "intact" in proc.stderr
+        assert checkpoint_problem(out / "checkpoints" / "last") == ""
+        assert read_state(out / "checkpoints" / "last").step == 2
+        assert not (out / "checkpoints" / "last.tmp").exists()
+        proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path, wandb="disabled")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_nan_policy_skip_counts_then_stops(photo_folder, tmp_path):
+    proc = srtrain(
+        job(photo_folder, tmp_path / "run", "--lr=1e20", "--loss=mse", "--nan_policy=skip", "--nan_max_skips=2"),
+        tmp_path,
+        wandb="disabled",
+    )
+    assert proc.returncode == 1
+    assert "3 steps in a row" in proc.stderr and "last good checkpoint" in proc.stderr
