@@ -50,6 +50,7 @@ class TrainState:
     best_epoch: int = 0
     train_seconds: float = 0.0
     wandb_run_id: str = ""
+    global_batch: int = 0  # batch_size x processes x grad_accum: a resume may change the factors, not the product
     # Inside epoch `epoch + 1`: loader batches consumed, and the epoch's running loss sum over its patches (all
     # processes), so that a resumed epoch draws the same next batches and reports the same mean loss.
     batches_done: int = 0

@@ -338,7 +338,7 @@ def validate(cfg: Config) -> None:
             f"resume must be '', 'auto' or an existing checkpoint directory, got '{cfg.resume}'",
         ),
     ]
-    checks += [(math.isfinite(v), f"{k} must be a finite number, got {v}") for k, v in _numbers(cfg)]
+    checks = [(math.isfinite(v), f"{k} must be a finite number, got {v}") for k, v in _numbers(cfg)] + checks
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

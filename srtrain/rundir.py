@@ -111,11 +111,17 @@ def resume_path(cfg: Config, out_dir: Path) -> tuple[Path | None, list[str]]:
     return path, []
 
 
-def check_resumable(cfg: Config, ckpt: Path) -> None:
+def check_resumable(cfg: Config, ckpt: Path, global_batch: int) -> None:
     """A checkpoint continues only the same job: other settings would silently change what is trained (a new
-    batch or patch size changes the steps per epoch, and with them the learning-rate schedule)."""
+    global batch or patch size changes the steps per epoch, and with them the learning-rate schedule). The
+    global batch may be split differently, e.g. over another number of processes."""
     saved = yaml.safe_load((ckpt / "config.yaml").read_text())
     changed = config_differences(saved, cfg.to_dict())
+    saved_global = read_state(ckpt).global_batch
+    if saved_global == global_batch:
+        changed = [c for c in changed if not c.startswith(("batch_size:", "grad_accum:"))]
+    else:
+        changed.append(f"global batch (batch_size x processes x grad_accum): {saved_global} -> {global_batch}")
     if changed:
         raise ConfigError(
             f"resume: the configuration differs from checkpoint {ckpt}'s in {', '.join(changed)}; resume with the "
@@ -161,13 +167,13 @@ def _claim(out_dir: Path, continues: bool) -> IO[str]:
     return lock
 
 
-def open_run(cfg: Config, main: bool) -> RunDir:
+def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     """Decide and claim the run directory on the main process; every process gets the same answer or error."""
     out_dir = resolve_output_dir(cfg)
     ckpt, skipped = resume_path(cfg, out_dir)
     continues = ckpt is not None and ckpt.parent.resolve() == (out_dir / "checkpoints").resolve()
     if ckpt is not None:
-        check_resumable(cfg, ckpt)
+        check_resumable(cfg, ckpt, global_batch)
     error, lock = [""], None
     if main:
         try:

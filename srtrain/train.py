@@ -305,7 +305,8 @@ def train(cfg: Config) -> dict[str, float]:
     stopper.install()
     set_seed(cfg.seed)
     main = accelerator.is_main_process
-    run = open_run(cfg, main)
+    global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+    run = open_run(cfg, main, global_batch)
     model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
@@ -346,7 +347,7 @@ def train(cfg: Config) -> dict[str, float]:
     if cut_off_row:
         tracker.log_epoch(cut_off_row, state.epoch, state.step, state.step_values)
     stopper.update(False, state.train_seconds)
-    global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+    state.global_batch = global_batch
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if main:
         budget = f"{cfg.time_budget_min:g} min budget" if stopper.budget_s else f"{cfg.epochs * steps_per_epoch} steps"

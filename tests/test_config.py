@@ -53,6 +53,13 @@ def test_yaml_file_then_overrides(tmp_path):
         (["--scale=5"], "scale must be 2, 3 or 4"),
         (["--patch_size=50"], "multiple of scale 4"),
         (["--model.channels=wide"], "'model.channels' expects int"),
+        (["--lr=0.001", "--min_lr=0.01"], "min_lr must be in [0, lr=0.001]"),
+        (["--gamma=2"], "gamma (the step scheduler's decay factor) must be in (0, 1]"),
+        (["--weight_decay=-0.1"], "weight_decay must be in [0, 1)"),
+        (["--data.num_workers=-1"], "data.num_workers must be >= 0"),
+        (["--checkpoint_every=-5"], "checkpoint_every (steps) must be >= 0"),
+        (["--nan_policy=ignore"], "one of 'stop', 'skip'"),
+        (["--grad_clip=nan"], "grad_clip must be a finite number"),
     ],
 )
 def test_errors_name_the_key_and_the_fix(argv, needle):

@@ -118,9 +118,12 @@ def test_wandb_offline_run_read_back(full_run):
     assert summary["config"]["lr"] == 0.002 and summary["config"]["model"]["name"] == "espcn"
     assert summary["summary"]["best_psnr_y"] == pytest.approx(max(r["psnr_y"] for r in rows))
     history = wandb_history(run_dir)
-    assert [h["_step"] for h in history] == [1, 2]
-    assert [h["psnr_y"] for h in history] == pytest.approx([r["psnr_y"] for r in rows])
-    assert all(h["samples._type"] == "image-file" for h in history)
+    assert [h["_step"] for h in history] == list(range(1, 9))  # one row per optimizer step: 4 per epoch
+    assert all("train/loss" in h and "train/lr" in h for h in history)
+    epochs = [h for h in history if "psnr_y" in h]  # epoch metrics on the same step axis, `epoch` a metric
+    assert [(h["epoch"], h["_step"]) for h in epochs] == [(1, 4), (2, 8)]
+    assert [h["psnr_y"] for h in epochs] == pytest.approx([r["psnr_y"] for r in rows])
+    assert all(h["samples._type"] == "image-file" for h in epochs)
     assert len(list((run_dir / "files" / "media" / "images").glob("*.png"))) == 2
     assert "wandb sync" in proc.stdout
 
