@@ -33,11 +33,22 @@ def open_image(ref: dict[str, Any], column: str, name: str, source: str) -> PIL.
         ) from err
 
 
+def to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The conversion rule for images that are not 8 bits per channel: 16-bit (and 32-bit integer) gray becomes
+    8-bit gray by value * 255 / 65535, rounded (PIL's own `convert` clips every value above 255 to white). The
+    rest is PIL's `convert("RGB")`: 8-bit gray replicated, palette looked up, alpha (RGBA, LA, PA) dropped, CMYK
+    by 255 - C/M/Y times (1 - K) and 1-bit as 0/255; 16-bit RGB PNGs are already reduced to 8 bits by PIL."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64) * 255 / 65535
+        return PIL.Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    return image
+
+
 def decode_image(ref: dict[str, Any], column: str, name: str, source: str, keep_gray: bool) -> torch.Tensor:
-    """uint8 CHW pixels: RGB, or one channel for a gray image when `keep_gray`."""
+    """uint8 CHW pixels: RGB, or one channel for a gray image when `keep_gray` (conversion rule: `to_8bit`)."""
     try:
-        image = open_image(ref, column, name, source)
-        gray = keep_gray and image.mode in ("L", "I", "I;16", "1")
+        image = to_8bit(open_image(ref, column, name, source))
+        gray = keep_gray and image.mode in ("L", "1")
         pixels = np.asarray(image.convert("L" if gray else "RGB"))
     except OSError as err:
         raise DataError(f"image '{name}' ({column}) in '{source}' is corrupt ({err}); replace or remove it") from err
@@ -117,7 +128,11 @@ class ImageSet:
         return None if self.lr_column is None else self._decode(self.lr_column, i)
 
     def check(self, scale: int, min_hr: int, fix: str) -> None:
-        """Fail before training if an image is unreadable, too small, or its LR does not match HR/scale."""
+        """Fail before training if an image is unreadable, too small, or its LR does not match HR/scale; the
+        pixels are decoded too (and cached when `cache`), so that a truncated file stops the job now, not in
+        epoch 1."""
         for i in range(len(self)):
             row, name = self._row(i)
             check_image(row, name, self.source, (self.hr_column, self.lr_column), scale, min_hr, fix)
+            self.hr(i)
+            self.lr(i)
