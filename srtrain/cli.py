@@ -20,6 +20,7 @@ USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --sec
           runs under `accelerate launch srtrain/main.py ...` for several processes or GPUs
   eval    score a trained model or the bicubic baseline as the SR literature does (srtrain eval -h)
   models  list the model zoo: parameters, multiply-adds, latency on this machine (srtrain models -h)
+  check-data  scan a data source as training does, listing unusable images (srtrain check-data -h)
 """
 
 
@@ -173,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         return eval_main(argv[1:])
     if argv and argv[0] == "models":
         return models_main(argv[1:])
+    if argv and argv[0] == "check-data":
+        from srtrain.datacheck import check_data_main
+
+        try:
+            return check_data_main(argv[1:])
+        except DataError as err:
+            return _error(err)
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)

@@ -42,7 +42,8 @@ class DataConfig:
     `gray` is how gray validation images are scored: replicated to RGB first (as papers score their own
     models) or with the gray level used directly as Y (as the published bicubic tables were made).
     `streaming` reads the training source as a stream split across processes instead of opening it whole
-    (for sources too large to index or download first).
+    (for sources too large to index or download first). Unusable images stop the job before training unless
+    `skip_bad`, which skips them with a warning each, up to `max_bad_fraction` of a source.
     """
 
     train: str = "default"
@@ -57,6 +58,8 @@ class DataConfig:
     max_val_images: int = 0
     gray: Literal["replicate", "direct"] = "replicate"
     streaming: bool = False
+    skip_bad: bool = False
+    max_bad_fraction: float = 0.01
 
 
 @dataclass
@@ -312,6 +315,10 @@ def validate(cfg: Config) -> None:
             cfg.patch_size % cfg.scale == 0 and cfg.patch_size >= 4 * cfg.scale,
             f"patch_size (HR pixels) must be a multiple of scale {cfg.scale} and at least {4 * cfg.scale}, "
             f"got {cfg.patch_size}; try --patch_size={max(4, round(cfg.patch_size / cfg.scale)) * cfg.scale}",
+        ),
+        (
+            0 <= cfg.data.max_bad_fraction < 1,
+            f"data.max_bad_fraction must be in [0, 1), got {cfg.data.max_bad_fraction}",
         ),
         (cfg.data.repeat >= 1, f"data.repeat must be >= 1, got {cfg.data.repeat}"),
         (

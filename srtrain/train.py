@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from srtrain.checkpoint import CheckpointError, TrainState, copy_checkpoint, load_checkpoint, save_checkpoint
 from srtrain.config import Config, ConfigError
-from srtrain.data import StreamLoader, StreamPatches, TrainPatches, ValImages, load_images
+from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.models import build_model
@@ -84,6 +84,17 @@ def check_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> None:
         raise RuntimeError(f"model replicas differ across processes (weight checksums {sums.tolist()})")
 
 
+def checked(images: ImageSet, cfg: Config, min_hr: int, fix: str, main: bool) -> ImageSet:
+    """The images, refused before training if one is bad, or without the bad ones (`data.skip_bad`)."""
+    if not cfg.data.skip_bad:
+        images.check(cfg.scale, min_hr, fix)
+        return images
+    images, skipped = images.without_bad(cfg.scale, min_hr, fix, cfg.data.max_bad_fraction)
+    for n, message in enumerate(skipped, 1) if main else ():
+        console.print(f"[bold yellow]warning:[/] skipped bad image {n}/{len(skipped)}: {message}", highlight=False)
+    return images
+
+
 def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader | StreamLoader:
     """This process's training batches: the patch dataset, checked, then sharded by accelerate's `prepare`;
     a streamed source (`data.streaming`) is split by `StreamPatches` itself and must not be sharded again."""
@@ -100,8 +111,7 @@ def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader | Str
             pin_memory=torch.cuda.is_available(),
         )
         return StreamLoader(loader, accelerator.device)
-    images = load_images(cfg.data, "train")
-    images.check(cfg.scale, cfg.patch_size, fix)
+    images = checked(load_images(cfg.data, "train"), cfg, cfg.patch_size, fix, accelerator.is_main_process)
     patches = TrainPatches(images, cfg.scale, cfg.patch_size, cfg.data.repeat, cfg.seed)
     loader = DataLoader(
         patches,
@@ -316,8 +326,7 @@ def train(cfg: Config) -> dict[str, float]:
     model = model.to(memory_format=memory_format)  # NHWC often runs convolutions faster on GPUs
 
     train_loader = make_train_loader(cfg, accelerator)
-    val_images = load_images(cfg.data, "val")
-    val_images.check(cfg.scale, 8 * cfg.scale, "remove it from the validation set")
+    val_images = checked(load_images(cfg.data, "val"), cfg, 8 * cfg.scale, "remove it from the validation set", main)
     val_set = ValImages(val_images, cfg.scale)
     val_loader = DataLoader(val_set, batch_size=1, num_workers=cfg.data.num_workers)
 

@@ -127,3 +127,29 @@ def test_a_truncated_training_image_stops_the_job_before_training(folder, tmp_pa
     )  # fmt: skip
     assert proc.returncode == 2 and "truncated.png" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "checkpoints").exists()
+    skip = ["--data.skip_bad=true", "--data.max_bad_fraction=0.5", "--data.repeat=4", "--batch_size=8"]
+    proc = subprocess.run([*proc.args, *skip], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped bad image 1/1" in proc.stdout and "truncated.png" in proc.stdout
+
+
+def test_skip_bad_skips_each_named_file_up_to_the_fraction(folder):
+    (folder / "truncated.png").write_bytes(_png_bytes()[:-200])
+    (folder / "not_an_image.png").write_text("text")
+    images = load_images(DataConfig(train=str(folder)), "train")
+    good, skipped = images.without_bad(SCALE, PATCH, "remove it", max_fraction=0.5)
+    assert len(good) == 4 and len(skipped) == 2
+    assert any("truncated.png" in m for m in skipped) and any("not_an_image.png" in m for m in skipped)
+    with pytest.raises(DataError, match="2 of 6 images .* more than data.max_bad_fraction=0.2"):
+        images.without_bad(SCALE, PATCH, "remove it", max_fraction=0.2)
+
+
+def test_check_data_command_prints_the_summary(folder):
+    (folder / "truncated.png").write_bytes(_png_bytes()[:-200])
+    PIL.Image.fromarray(np.full((64, 64), 40000, np.uint16)).save(folder / "gray16.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "srtrain", "check-data", str(folder), "--patch_size", "48"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "truncated.png" in proc.stdout and "I;16 1" in proc.stdout and "RGB 4" in proc.stdout

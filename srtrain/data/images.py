@@ -111,6 +111,11 @@ class ImageSet:
         width, height = open_image(row[column], column, name, self.source).size
         return height, width
 
+    def mode(self, i: int) -> str:
+        """The HR image's PIL mode as stored (e.g. 'RGB', 'I;16', 'CMYK'), from its header."""
+        row, name = self._row(i)
+        return open_image(row[self.hr_column], self.hr_column, name, self.source).mode
+
     def _decode(self, column: str, i: int) -> torch.Tensor:
         key = (column, i)
         if key in self._cache:
@@ -127,12 +132,40 @@ class ImageSet:
     def lr(self, i: int) -> torch.Tensor | None:
         return None if self.lr_column is None else self._decode(self.lr_column, i)
 
-    def check(self, scale: int, min_hr: int, fix: str) -> None:
-        """Fail before training if an image is unreadable, too small, or its LR does not match HR/scale; the
-        pixels are decoded too (and cached when `cache`), so that a truncated file stops the job now, not in
-        epoch 1."""
+    def problems(self, scale: int, min_hr: int, fix: str) -> list[tuple[int, str]]:
+        """Every unusable image as (index, message): unreadable, truncated or corrupt (the pixels are decoded, and
+        cached when `cache`), too small, or an LR that does not match HR/scale."""
+        bad = []
         for i in range(len(self)):
-            row, name = self._row(i)
-            check_image(row, name, self.source, (self.hr_column, self.lr_column), scale, min_hr, fix)
-            self.hr(i)
-            self.lr(i)
+            try:
+                row, name = self._row(i)
+                check_image(row, name, self.source, (self.hr_column, self.lr_column), scale, min_hr, fix)
+                self.hr(i)
+                self.lr(i)
+            except DataError as err:
+                bad.append((i, str(err)))
+        return bad
+
+    def check(self, scale: int, min_hr: int, fix: str) -> None:
+        """Fail before training, naming the first bad image, so that a truncated file stops the job now, not
+        in epoch 1 (and not inside a loader worker's traceback)."""
+        bad = self.problems(scale, min_hr, fix)
+        if bad:
+            more = f" ({len(bad) - 1} more bad images; `srtrain check-data` lists them all)" if len(bad) > 1 else ""
+            raise DataError(bad[0][1] + more + "; or set data.skip_bad=true to train without them")
+
+    def without_bad(self, scale: int, min_hr: int, fix: str, max_fraction: float) -> tuple[ImageSet, list[str]]:
+        """This set minus its bad images, and a message per image skipped; fails when more than `max_fraction`
+        of the images are bad (a wrong folder or scale, not a few broken files)."""
+        bad = self.problems(scale, min_hr, fix)
+        if len(bad) > max_fraction * len(self):
+            raise DataError(
+                f"{len(bad)} of {len(self)} images in '{self.source}' are bad, more than data.max_bad_fraction="
+                f"{max_fraction:g}; the first: {bad[0][1]}"
+            )
+        if not bad:
+            return self, []
+        skipped = {i for i, _ in bad}
+        kept = self.dataset.select([i for i in range(len(self)) if i not in skipped])
+        rest = ImageSet(kept, self.source, self.hr_column, self.lr_column, self.cache, self.keep_gray)
+        return rest, [message for _, message in bad]
