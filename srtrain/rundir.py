@@ -55,8 +55,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: saved -> now` for every setting that a resume may not change (W&B settings may)."""
-    a, b = _flat(saved), _flat(now)
+    """`key: saved -> now` for every setting that a resume may not change (W&B settings may). A key that the
+    saved config lacks (added to srtrain after it was written) counts as its default."""
+    a, b = _flat(Config().to_dict()) | _flat(saved), _flat(now)
     keys = sorted((a.keys() | b.keys()) - RESUMABLE_CHANGES)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if not k.startswith("wandb.") and a.get(k) != b.get(k)]
 
