@@ -20,12 +20,19 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_PDEATHSIG = 1
 
 
+def started_by_launcher() -> bool:
+    """`accelerate launch` (either launcher) sets ACCELERATE_DYNAMO_BACKEND for its workers, torchrun sets
+    TORCHELASTIC_RUN_ID; a trainer started from a shell (e.g. under nohup) has neither."""
+    return "ACCELERATE_DYNAMO_BACKEND" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def die_with_parent() -> None:
     """Have the kernel send us SIGTERM when our launcher dies (Linux): `accelerate launch` with one process
     does not forward signals, and torchrun's agent dies on SIGUSR1; either way the trainer then stops cleanly
-    with a checkpoint instead of training on as an orphan."""
+    with a checkpoint instead of training on as an orphan. Not when started from a shell, which may exit
+    (nohup) while the trainer is meant to go on."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if hasattr(libc, "prctl"):
+    if started_by_launcher() and hasattr(libc, "prctl"):
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() == 1:  # the launcher died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
