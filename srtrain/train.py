@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from srtrain.data import StreamLoader, StreamPatches, TrainPatches, ValImages, l
 from srtrain.evaluation import evaluate
 from srtrain.models import build_model
 from srtrain.models.weights import load_model_weights
-from srtrain.tracking import Tracker, console, sample_grid
+from srtrain.tracking import Tracker, agent_run_dir, console, new_run_id, sample_grid
 
 
 class NonFiniteLossError(RuntimeError):
@@ -115,9 +114,12 @@ def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader | Str
 
 
 def resolve_output_dir(cfg: Config) -> Path:
-    """The run directory: `--output_dir`, the latest matching run for `--resume=auto`, or a new one."""
+    """The run directory: `--output_dir`, a sweep agent's run directory, the latest matching run for
+    `--resume=auto`, or a new one."""
     if cfg.output_dir:
         return Path(cfg.output_dir)
+    if (agent_dir := agent_run_dir()) is not None:
+        return agent_dir
     prefix = f"{cfg.model.name}_x{cfg.scale}_"
     if cfg.resume == "auto":
         runs = sorted(p for p in Path("runs").glob(prefix + "*") if is_checkpoint(p / "checkpoints" / "last"))
@@ -202,7 +204,7 @@ def train(cfg: Config) -> dict[str, float]:
     total_steps = cfg.epochs * steps_per_epoch
     budget_s = cfg.time_budget_min * 60
 
-    state = TrainState(wandb_run_id=uuid.uuid4().hex[:8])
+    state = TrainState(wandb_run_id=new_run_id())
     if ckpt is not None:
         state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
@@ -315,7 +317,7 @@ def train(cfg: Config) -> dict[str, float]:
             tracker.log_samples(
                 [sample_grid(plain, val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(val_set)))], epoch
             )
-            tracker.log_epoch(last, epoch)
+            tracker.log_epoch({**last, "best_psnr_y": state.best_psnr_y}, epoch)
             tracker.summary(best_psnr_y=state.best_psnr_y, best_epoch=state.best_epoch, bicubic_psnr_y=bicubic_psnr_y)
             ckpt_dir = out_dir / "checkpoints"
             save_checkpoint(ckpt_dir / "last", plain, optimizer, state, config_yaml, accelerator.scaler)
