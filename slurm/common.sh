@@ -14,7 +14,7 @@ if [ "$GPUS_PER_NODE" -eq 0 ]; then
 else
   PROCS_PER_NODE=$GPUS_PER_NODE
 fi
-# torchrun's agent forwards only TERM, INT, HUP and QUIT to the training processes unless told to forward USR1 too.
+# torchrun's agent (each node's launcher under multinode) forwards USR1 to the training processes only when asked.
 export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
 
 # `accelerate launch` flags for NODES nodes of this allocation (rank and address are added per node by multinode).
@@ -36,17 +36,21 @@ job_args() {
   fi
 }
 
-# Run "$@" (the launcher) in the background and wait for it. USR1 (the time-limit or preemption warning from
-# `--signal=B:USR1@120`, or `scancel --batch --signal=USR1`) and TERM are passed on; the trainer then saves a
-# checkpoint at its current step and exits early. After USR1, a run that did not finish is requeued: the same
-# job id, the same run directory, `--resume=auto` continues it.
+# Run "$@" in the background and wait for it; DEPTH says where the training processes sit below it: 0 the command
+# itself (srun, which passes USR1 on to each node's launcher, which passes it on as PET_SIGNALS_TO_HANDLE asks),
+# 1 the children of `accelerate launch` (its one-process launcher forwards nothing), 2 those of `wandb agent`.
+# USR1 (the time-limit or preemption warning of `--signal=B:USR1@120`, or `scancel --batch --signal=USR1`) is sent
+# to the training processes, which save a checkpoint at their current step and exit early; a run that did not
+# finish is then requeued: the same job id, so the same run directory, and `--resume=auto` continues it. TERM
+# (scancel, the hard time limit) reaches every process of the job from SLURM itself: the shell only waits.
 run_preemptible() {
+  local depth=$1 rc
+  shift
   SIGNALLED=""
-  trap 'SIGNALLED=USR1; kill -USR1 "$CHILD" 2>/dev/null || true' USR1
-  trap 'SIGNALLED=${SIGNALLED:-TERM}; kill -TERM "$CHILD" 2>/dev/null || true' TERM
+  trap 'SIGNALLED=USR1; forward USR1 "$depth"' USR1
+  trap 'SIGNALLED=${SIGNALLED:-TERM}' TERM
   "$@" &
   CHILD=$!
-  local rc
   while :; do
     set +e
     wait "$CHILD"
@@ -59,4 +63,12 @@ run_preemptible() {
     scontrol requeue "$SLURM_JOB_ID"
   fi
   return "$rc"
+}
+
+# Send signal $1 to the processes $2 levels below the background command.
+forward() {
+  local pids=$CHILD
+  for _ in $(seq "$2"); do pids=$(pgrep -d , -P "$pids" || true); done
+  echo "srtrain: passing $1 on to process(es) ${pids:-none}"
+  [ -z "$pids" ] || kill -s "$1" ${pids//,/ } 2>/dev/null || true
 }

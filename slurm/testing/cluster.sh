@@ -3,6 +3,7 @@
 #   slurm/testing/cluster.sh up     install slurmctld, slurmd, slurm-client and munge from apt if missing, write a
 #                                   config, start munged, slurmctld and two slurmd (nodes n1, n2) and wait until idle
 #   slurm/testing/cluster.sh down   stop the daemons by their pid files
+# Exit code 3: apt-get could not install the packages (the tests skip with that reason; nothing else skips them).
 # Then `export SLURM_CONF=$SRTRAIN_SLURM_DIR/slurm.conf` (printed by `up`) and use sbatch, squeue, scontrol.
 # Needs root. State, logs and the config live in $SRTRAIN_SLURM_DIR (default /tmp/srtrain-slurm).
 set -euo pipefail
@@ -17,8 +18,10 @@ install() {
   [ ${#missing[@]} -eq 0 ] && return
   echo "cluster.sh: installing slurmctld slurmd slurm-client munge (missing: ${missing[*]})"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge; }; then
+    echo "cluster.sh: apt-get could not install slurmctld slurmd slurm-client munge" >&2
+    exit 3
+  fi
 }
 
 write_config() {
