@@ -174,3 +174,28 @@ def test_wandb_agent_run_joins_the_agents_run(tmp_path, monkeypatch, photo_folde
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["best_psnr_y"] for h in history] == pytest.approx([r["best_psnr_y"] for r in rows])
     assert summary["summary"]["best_psnr_y"] == pytest.approx(rows[-1]["best_psnr_y"])
+
+
+def wandb_run_record(run_dir: Path) -> dict:
+    proc = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True, timeout=120
+    )
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    return next(r["run"] for r in records if r.get("type") == "run")
+
+
+@needs_data
+def test_run_one_point_offline(tmp_path, photo_folder):
+    """`srtrain sweep FILE --run I`: point I trains here into runs/<sweep>/<I>, its W&B run grouped by the sweep."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid(photo_folder)))
+    proc = srtrain_sweep(str(path), "--run", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    point = grid_points(tiny_grid(photo_folder))[3]
+    out = tmp_path / "runs" / "tiny" / "3"
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    record = wandb_run_record(run_dir)
+    assert (record["run_group"], record["display_name"]) == ("tiny", "tiny-3")
+    config = wandb_summary(run_dir)["config"]
+    assert (config["model"]["name"], config["lr"]) == (point["model"], point["lr"])
+    assert srtrain_sweep(str(path), "--run", "4", cwd=tmp_path).returncode == 2  # 4 points: 0 to 3
