@@ -4,6 +4,10 @@ set -euo pipefail
 SRTRAIN=${SLURM_SUBMIT_DIR:?submit with sbatch from the srtrain repository root}
 export PYTHONPATH="$SRTRAIN${PYTHONPATH:+:$PYTHONPATH}"  # the code of the checkout the job was submitted from
 echo "srtrain: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST} in $PWD, SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}"
+# Signals are trapped from here on (USR1 would otherwise end this shell); run_preemptible says what to do with them.
+SIGNALLED="" CHILD="" DEPTH=0
+trap 'SIGNALLED=USR1; [ -z "$CHILD" ] || forward USR1' USR1
+trap 'SIGNALLED=${SIGNALLED:-TERM}' TERM
 
 # One process per GPU that this node's allocation shows torch; a CPU-only allocation trains one process per node,
 # and accelerate must be told it is on CPU or it runs unconnected copies instead of distributed training.
@@ -44,13 +48,15 @@ job_args() {
 # finish is then requeued: the same job id, so the same run directory, and `--resume=auto` continues it. TERM
 # (scancel, the hard time limit) reaches every process of the job from SLURM itself: the shell only waits.
 run_preemptible() {
-  local depth=$1 rc
+  DEPTH=$1
   shift
-  SIGNALLED=""
-  trap 'SIGNALLED=USR1; forward USR1 "$depth"' USR1
-  trap 'SIGNALLED=${SIGNALLED:-TERM}' TERM
+  if [ "$SIGNALLED" = USR1 ]; then  # warned before training started: nothing to save, come back later
+    requeue "before training started"
+    return 0
+  fi
   "$@" &
   CHILD=$!
+  local rc
   while :; do
     set +e
     wait "$CHILD"
@@ -59,16 +65,20 @@ run_preemptible() {
     kill -0 "$CHILD" 2>/dev/null || break  # still running: the wait was cut short by a trapped signal
   done
   if [ "$SIGNALLED" = USR1 ] && [ "$rc" -ne 0 ]; then
-    echo "srtrain: USR1 received, training stopped with exit code $rc; requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
+    requeue "training stopped with exit code $rc"
   fi
   return "$rc"
 }
 
-# Send signal $1 to the processes $2 levels below the background command.
+requeue() {
+  echo "srtrain: USR1 received, $1; requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+}
+
+# Send signal $1 to the processes DEPTH levels below the background command.
 forward() {
   local pids=$CHILD
-  for _ in $(seq "$2"); do pids=$(pgrep -d , -P "$pids" || true); done
+  for _ in $(seq "$DEPTH"); do pids=$(pgrep -d , -P "$pids" || true); done
   echo "srtrain: passing $1 on to process(es) ${pids:-none}"
   [ -z "$pids" ] || kill -s "$1" ${pids//,/ } 2>/dev/null || true
 }
