@@ -2,9 +2,11 @@
 a run started by W&B's real agent code joining the agent's run."""
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import sweeps
@@ -154,14 +156,13 @@ def test_wandb_agent_run_joins_the_agents_run(tmp_path, monkeypatch, photo_folde
     monkeypatch.setattr(wandb_sweep_api, "_register_agent", lambda *a, **k: {"id": "agent-1"})
     monkeypatch.setattr(wandb_sweep_api, "_agent_heartbeat", lambda *a, **k: heartbeats.pop() if heartbeats else [])
     monkeypatch.setattr("wandb.Api", lambda *a, **k: None)
-    for name in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_PROJECT", "WANDB_ENTITY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    agent_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    agent_env |= {"WANDB_DIR": str(tmp_path), "WANDB_MODE": "offline"}
     monkeypatch.chdir(tmp_path)
     from wandb.wandb_agent import run_agent
 
-    run_agent(sweep_id, project="sr-sweeps", count=1)
+    with mock.patch.dict(os.environ, agent_env, clear=True):  # the agent sets WANDB_* for its child: undone after
+        run_agent(sweep_id, project="sr-sweeps", count=1)
 
     out = tmp_path / "runs" / f"sweep-{sweep_id}" / run_id
     (run_dir,) = (out / "wandb").glob("offline-run-*")
