@@ -14,6 +14,7 @@ import yaml
 from conftest import ROOT, needs_data
 from safetensors.torch import load_file
 from test_sweep import tiny_grid
+from test_train import wandb_history
 
 pytestmark = needs_data
 CLUSTER = ROOT / "slurm" / "testing" / "cluster.sh"
@@ -169,10 +170,14 @@ def test_preempted_job_requeues_itself_and_ends_as_if_never_stopped(slurm, photo
     text = log(tmp_path, job)
     assert (task["JobState"], task["ExitCode"], task["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-3000:]
     assert ref_task["JobState"] == "COMPLETED"
+    assert "srtrain: stopped by SIGUSR1 at step" in text  # the trainer's checkpoint at its step, mid-epoch (issue 9)
     assert "USR1 received" in text and f"requeueing job {job}" in text
     assert "SLURM_RESTART_COUNT=1" in text and "resuming from" in text
     assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]  # every epoch exactly once
-    assert len({p.name.rsplit("-", 1)[1] for p in offline_runs(out)}) == 1  # one W&B run, resumed by id
+    attempts = offline_runs(out)
+    assert len(attempts) == 2 and len({p.name.rsplit("-", 1)[1] for p in attempts}) == 1  # one W&B run, by id
+    first, second = ([h["_step"] for h in wandb_history(p)] for p in attempts)
+    assert first and second and max(first) < min(second)  # the requeued job continues the steps
     weights = load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
     ref_out = run_dir(tmp_path / "reference", "srtrain", reference)
     ref_weights = load_file(str(ref_out / "checkpoints" / "last" / "model.safetensors"))
