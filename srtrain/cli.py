@@ -21,6 +21,7 @@ USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --sec
   eval    score a trained model or the bicubic baseline as the SR literature does (srtrain eval -h)
   models  list the model zoo: parameters, multiply-adds, latency on this machine (srtrain models -h)
   check-data  scan a data source as training does, listing unusable images (srtrain check-data -h)
+  sweep   list, check, run or submit (SLURM array) the points of a W&B grid sweep YAML (srtrain sweep -h)
 """
 
 
@@ -168,6 +169,47 @@ def models_main(argv: list[str]) -> int:
     return 0
 
 
+def sweep_main(argv: list[str]) -> int:
+    """`srtrain sweep FILE`: a W&B grid without a W&B server, listed, checked, run point by point or as an array."""
+    p = argparse.ArgumentParser(prog="srtrain sweep", description="Run the points of a W&B grid sweep YAML.")
+    p.add_argument("file", type=Path, help="a sweep YAML, e.g. sweeps/grid.yaml")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--list", action="store_true", help="print every point with its index, in W&B's grid order")
+    what.add_argument("--dry-run", action="store_true", help="resolve every point's config and build its model")
+    what.add_argument("--run", type=int, metavar="I", help="train point I here, into runs/<sweep>/<I>")
+    what.add_argument("--args", type=int, metavar="I", help="print point I's srtrain/main.py arguments, one a line")
+    what.add_argument("--slurm", action="store_true", help="submit slurm/grid_array.sbatch as an array over all points")
+    p.add_argument("--sbatch", default="", metavar="OPTIONS", help="extra sbatch options with --slurm, e.g. '-p gpu'")
+    args = p.parse_args(argv)
+    from srtrain import sweep
+
+    try:
+        spec = sweep.load_sweep(args.file)
+        name = sweep.sweep_name(args.file, spec)
+        points = sweep.grid_points(spec)
+        index = args.run if args.run is not None else args.args
+        if index is not None and not 0 <= index < len(points):
+            raise ConfigError(
+                f"{args.file} has {len(points)} points, 0 to {len(points) - 1}; there is no point {index}"
+            )
+        if args.list:
+            for i, point in enumerate(points):
+                print(i, " ".join(f"{k}={v}" for k, v in point.items()))
+        elif args.dry_run:
+            for i, point in enumerate(points):
+                sweep.check_point(sweep.point_args(name, i, point))
+            print(f"{args.file}: {len(points)} points, every config valid and every model builds")
+        elif args.args is not None:
+            print("\n".join(sweep.point_args(name, index, points[index])))
+        elif args.run is not None:
+            return sweep.run_point(sweep.point_args(name, index, points[index]))
+        else:
+            return sweep.submit_array(args.file, len(points), args.sbatch)
+    except ConfigError as err:
+        return _error(err)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
@@ -181,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_data_main(argv[1:])
         except DataError as err:
             return _error(err)
+    if argv and argv[0] == "sweep":
+        return sweep_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)

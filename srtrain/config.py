@@ -64,11 +64,13 @@ class DataConfig:
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases run settings; an empty `mode` means online with an API key, else offline."""
+    """Weights & Biases run settings; an empty `mode` means online with an API key, else offline. `group` puts
+    related runs together (`srtrain sweep` sets it to the sweep's name)."""
 
     project: str = "srtrain"
     entity: str = ""
     name: str = ""
+    group: str = ""
     mode: Literal["", "online", "offline", "disabled"] = ""
 
 

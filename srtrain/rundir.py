@@ -21,6 +21,7 @@ from accelerate.utils import broadcast_object_list
 from srtrain.checkpoint import TrainState, checkpoint_problem, copy_checkpoint, is_checkpoint, read_state
 from srtrain.config import Config, ConfigError
 from srtrain.stopping import STOPPED_FILE
+from srtrain.tracking import agent_run_dir
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "samples", "wandb")
@@ -63,9 +64,12 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def resolve_output_dir(cfg: Config) -> Path:
-    """The run directory: `--output_dir`, the latest matching run for `--resume=auto`, or a new one."""
+    """The run directory: `--output_dir`, a sweep agent's run directory, the latest matching run for
+    `--resume=auto`, or a new one."""
     if cfg.output_dir:
         return Path(cfg.output_dir)
+    if (agent_dir := agent_run_dir()) is not None:
+        return agent_dir
     prefix = f"{cfg.model.name}_x{cfg.scale}_"
     if cfg.resume == "auto":
         runs = sorted(p for p in Path("runs").glob(prefix + "*") if (p / "checkpoints").is_dir())

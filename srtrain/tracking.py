@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,22 @@ TABLE_COLUMNS = [
     ("sec", "epoch_time_s"),
     ("patch/s", "patches_per_s"),
 ]
+# What a sweep may rank runs by: logged every validated epoch, in W&B history and in metrics.jsonl.
+SWEEP_METRICS = ("best_psnr_y", "psnr_y", "ssim_y", "psnr_rgb", "val_loss", "train_loss")
+
+
+def new_run_id() -> str:
+    """A fresh run's W&B id: the one a sweep agent (or the user) put in $WANDB_RUN_ID, so that the agent's
+    sweep sees the run it started; otherwise a new one. A resumed run keeps the id saved in its checkpoint."""
+    return os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8]
+
+
+def agent_run_dir() -> Path | None:
+    """Under a W&B sweep agent, `runs/sweep-<sweep id>/<run id>`: the agent's command line names no run
+    directory, and one fixed per run lets `--resume=auto` continue a run the controller hands out again."""
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return Path("runs") / f"sweep-{os.environ['WANDB_SWEEP_ID']}" / os.environ["WANDB_RUN_ID"]
+    return None
 
 
 def _has_wandb_key() -> bool:
@@ -91,7 +108,11 @@ class Tracker:
                 init["name"] = cfg.wandb.name
             if cfg.wandb.entity:
                 init["entity"] = cfg.wandb.entity
-            accelerator.init_trackers(cfg.wandb.project, config=cfg.to_dict(), init_kwargs={"wandb": init})
+            if cfg.wandb.group:
+                init["group"] = cfg.wandb.group
+            project = os.environ.get("WANDB_PROJECT") if os.environ.get("WANDB_SWEEP_ID") else None
+            project = project or cfg.wandb.project  # an agent's runs belong to its sweep's project
+            accelerator.init_trackers(project, config=cfg.to_dict(), init_kwargs={"wandb": init})
             self.run = accelerator.get_tracker("wandb", unwrap=True)
             console.print(f"W&B run {run_id} ({self.mode}), files in {out_dir / 'wandb'}")
 

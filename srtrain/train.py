@@ -7,7 +7,6 @@ import itertools
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from srtrain.models import build_model
 from srtrain.models.weights import load_model_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
 from srtrain.stopping import StoppedToResume, Stopper
-from srtrain.tracking import Tracker, console, sample_grid
+from srtrain.tracking import Tracker, console, new_run_id, sample_grid
 
 
 class NonFiniteLossError(RuntimeError):
@@ -259,6 +258,8 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
     improved = bool(row) and row["psnr_y"] > state.best_psnr_y
     if improved:
         state.best_psnr_y, state.best_epoch = row["psnr_y"], epoch
+    if row:
+        row["best_psnr_y"] = state.best_psnr_y
     state.epoch, state.epoch_row = epoch, row
     state.batches_done, state.epoch_loss_sum, state.epoch_patches, state.epoch_seconds = 0, 0.0, 0, 0.0
     save_last(job)
@@ -345,7 +346,7 @@ def train(cfg: Config) -> dict[str, float]:
     if run.ckpt is not None:
         state = load_checkpoint(run.ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
     if not run.continues:  # a new run, also from another run's checkpoint: a new W&B run
-        state.wandb_run_id = uuid.uuid4().hex[:8]
+        state.wandb_run_id = new_run_id()
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     cut_off_row: dict[str, float] = {}
     if main and run.continues:
