@@ -9,8 +9,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
-from srtrain.config import ConfigError, DataConfig, load_config, parse_overrides
+from srtrain.config import ConfigError, DataConfig, coerce, load_config, parse_overrides
 from srtrain.data import DataError
 
 USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]
@@ -44,6 +45,46 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint RUN, or --model NAME with --weights FILE and --option KEY=VALUE (eval and upscale share them)."""
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", type=Path, help="a run directory (its best checkpoint) or a checkpoint folder")
+    who.add_argument("--model", help="a registered model, e.g. bicubic or imdn; with --weights for external weights")
+    p.add_argument(
+        "--weights", type=Path, help="safetensors or weights-only torch file for --model (official files too)"
+    )
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a model option, e.g. mobile=true for carn"
+    )
+
+
+def load_model(args: argparse.Namespace) -> tuple[nn.Module, int]:
+    """The model and scale that `add_model_arguments` name; --scale must agree with a checkpoint's."""
+    from srtrain.checkpoint import model_from_checkpoint
+    from srtrain.models import build_model, model_options
+    from srtrain.models.weights import load_model_weights
+
+    if args.checkpoint:
+        if args.weights or args.option:
+            raise ConfigError("--weights and --option go with --model; a checkpoint brings its own")
+        model, scale = model_from_checkpoint(args.checkpoint)
+        if args.scale not in (None, scale):
+            raise ConfigError(f"--scale {args.scale} but checkpoint {args.checkpoint} was trained for x{scale}")
+        return model, scale
+    if args.scale is None:
+        raise ConfigError("--scale is required with --model")
+    known, options = model_options(args.model), {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE with KEY one of {', '.join(known) or '(none)'}")
+        options[key] = coerce(f"model.{key}", value, known[key])
+    model = build_model(args.model, args.scale, **options)
+    if args.weights:
+        load_model_weights(model, args.weights)
+    return model, args.scale
+
+
 def eval_parser() -> argparse.ArgumentParser:
     from srtrain.evaluation import SCORES
 
@@ -51,10 +92,7 @@ def eval_parser() -> argparse.ArgumentParser:
         prog="srtrain eval",
         description="Score SR models with MATLAB bicubic LR, Y-channel PSNR/SSIM and border shave.",
     )
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--checkpoint", type=Path, help="a run directory (its best checkpoint) or a checkpoint folder")
-    who.add_argument("--model", help="a registered model, e.g. bicubic; with --weights for external weights")
-    p.add_argument("--weights", type=Path, help="safetensors or weights-only torch file for --model")
+    add_model_arguments(p)
     p.add_argument(
         "--data",
         action="append",
@@ -81,27 +119,14 @@ def eval_main(argv: list[str]) -> int:
     import torch
     from accelerate import Accelerator
 
-    from srtrain.checkpoint import model_from_checkpoint
     from srtrain.evaluation import SCORES, evaluate_source
-    from srtrain.models import build_model
-    from srtrain.models.weights import load_model_weights
 
     scores = [s.strip() for s in args.metrics.split(",") if s.strip()]
     try:
         unknown = [s for s in scores if s not in SCORES]
         if unknown:
             raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(SCORES)}")
-        if args.checkpoint:
-            model, scale = model_from_checkpoint(args.checkpoint)
-            if args.scale not in (None, scale):
-                raise ConfigError(f"--scale {args.scale} but checkpoint {args.checkpoint} was trained for x{scale}")
-        else:
-            if args.scale is None:
-                raise ConfigError("--scale is required with --model")
-            scale = args.scale
-            model = build_model(args.model, scale)
-            if args.weights:
-                load_model_weights(model, args.weights)
+        model, scale = load_model(args)
         accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
         model = accelerator.prepare_model(model, evaluation_mode=True)
         results = []
