@@ -1,4 +1,4 @@
-"""Command line: `srtrain [train] [--config FILE] [--key=value ...]` and `srtrain eval ...`."""
+"""Command line: `srtrain [train] [--config FILE] [--key=value ...]`, `srtrain eval|upscale|models ...`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from srtrain.data import DataError
 
 USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]
        srtrain eval (--checkpoint RUN_DIR_OR_FOLDER | --model NAME) --data SOURCE [--data ...] --scale N
+       srtrain upscale IN... -o OUT (--checkpoint RUN | --model NAME [--weights FILE]) [--scale N]
 
   train   train a model (the default command); e.g. srtrain --model=espcn --lr=0.001 --scale=4
           runs under `accelerate launch srtrain/main.py ...` for several processes or GPUs
   eval    score a trained model or the bicubic baseline as the SR literature does (srtrain eval -h)
+  upscale super-resolve image files: srtrain upscale IN... -o OUT (--checkpoint RUN | --model NAME --weights F)
   models  list the model zoo: parameters, multiply-adds, latency on this machine (srtrain models -h)
 """
 
@@ -184,12 +186,51 @@ def models_main(argv: list[str]) -> int:
     return 0
 
 
+def upscale_main(argv: list[str]) -> int:
+    """`srtrain upscale`: exit 0 when every file was upscaled, 1 when some were skipped, 2 on a usage error."""
+    p = argparse.ArgumentParser(
+        prog="srtrain upscale",
+        description="Super-resolve image files (any size, tile by tile) with a trained run or a published model.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (files keep their names)")
+    add_model_arguments(p)
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscale factor (default: the checkpoint's)")
+    p.add_argument("--tile", type=int, default=256, help="LR tile size bounding memory (0 = whole image)")
+    p.add_argument("--tile-overlap", type=int, default=32, help="LR pixels of context around each tile")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU: faster, slightly different output)")
+    p.add_argument("--force", action="store_true", help="overwrite output files that already exist")
+    args = p.parse_args(argv)
+    import torch
+
+    from srtrain.upscale import UpscaleError, find_inputs, plan, run
+
+    try:
+        jobs = plan(find_inputs(args.inputs), args.output, args.force)
+        model, scale = load_model(args)
+    except (ConfigError, UpscaleError, ValueError) as err:
+        return _error(err)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    failures = run(model, jobs, scale, args.tile, args.tile_overlap, device, args.bf16)
+    done = len(jobs) - len(failures)
+    Console().print(f"{done} of {len(jobs)} image(s) upscaled x{scale} into {args.output} on {device}")
+    if failures:
+        Console(stderr=True).print(
+            f"[bold red]{len(failures)} failed:[/] " + "; ".join(f"{path} ({why})" for path, why in failures),
+            highlight=False,
+            soft_wrap=True,
+        )
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
         return eval_main(argv[1:])
     if argv and argv[0] == "models":
         return models_main(argv[1:])
+    if argv and argv[0] == "upscale":
+        return upscale_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)
