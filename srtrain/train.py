@@ -28,7 +28,8 @@ from srtrain.data import StreamLoader, StreamPatches, TrainPatches, ValImages, l
 from srtrain.evaluation import evaluate
 from srtrain.models import build_model
 from srtrain.models.weights import load_model_weights
-from srtrain.tracking import Tracker, console, sample_grid
+from srtrain.tracking import Tracker, console
+from srtrain.visual import sample_grid
 
 
 class NonFiniteLossError(RuntimeError):
