@@ -17,11 +17,13 @@ from srtrain.data import DataError
 USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]
        srtrain eval (--checkpoint RUN_DIR_OR_FOLDER | --model NAME) --data SOURCE [--data ...] --scale N
        srtrain upscale IN... -o OUT (--checkpoint RUN | --model NAME [--weights FILE]) [--scale N]
+       srtrain report RUN_DIR... -o DIR
 
   train   train a model (the default command); e.g. srtrain --model=espcn --lr=0.001 --scale=4
           runs under `accelerate launch srtrain/main.py ...` for several processes or GPUs
   eval    score a trained model or the bicubic baseline as the SR literature does (srtrain eval -h)
   upscale super-resolve image files: srtrain upscale IN... -o OUT (--checkpoint RUN | --model NAME --weights F)
+  report  compare runs: srtrain report RUN_DIR... -o DIR writes report.md with curves and crop comparisons
   models  list the model zoo: parameters, multiply-adds, latency on this machine (srtrain models -h)
 """
 
@@ -223,6 +225,32 @@ def upscale_main(argv: list[str]) -> int:
     return 1 if failures else 0
 
 
+def report_main(argv: list[str]) -> int:
+    """`srtrain report`: a leaderboard, curves and crop comparisons of finished runs in one Markdown file."""
+    p = argparse.ArgumentParser(prog="srtrain report", description="Compare runs: report.md plus the PNGs it links.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (output_dir of training)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and images/")
+    p.add_argument("--images", type=int, default=2, help="validation images in the crop comparison")
+    p.add_argument("--force", action="store_true", help="overwrite a report written before")
+    p.add_argument(
+        "--wandb-project",
+        help="also log the leaderboard as a W&B Table here (default: the runs' project when they ran online)",
+    )
+    args = p.parse_args(argv)
+    from srtrain.report import ReportError, build_report, log_leaderboard, online_project, read_run
+
+    try:
+        runs = [read_run(path) for path in args.runs]
+        report = build_report(runs, args.output, args.images, args.force)
+    except (ReportError, DataError, ValueError) as err:
+        return _error(err)
+    Console().print(f"report: {report}")
+    project = args.wandb_project or online_project(runs)
+    if project:
+        Console().print(f"leaderboard logged to W&B project {project}, run {log_leaderboard(runs, project)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
@@ -231,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return models_main(argv[1:])
     if argv and argv[0] == "upscale":
         return upscale_main(argv[1:])
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)
