@@ -20,7 +20,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from srtrain.data import IMAGE_SUFFIXES
+from srtrain.data.sources import IMAGE_SUFFIXES
 from srtrain.degradation import imresize
 from srtrain.evaluation import super_resolve
 from srtrain.metrics import quantize
