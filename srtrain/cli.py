@@ -36,7 +36,9 @@ def _error(err: Exception) -> int:
 def train_main(argv: list[str]) -> int:
     """Parse, validate, train; configuration and data errors end with one clear line, not a traceback."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        from srtrain.config_doc import key_table
+
+        print(USAGE + "\nconfiguration keys (--key=value; docs/configuration.md):\n\n" + key_table())
         return 0
     from srtrain.models.weights import WeightsError
     from srtrain.train import NonFiniteLossError, train

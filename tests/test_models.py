@@ -93,6 +93,8 @@ def test_multiply_adds_are_counted():
     # ESPCN x4 per LR pixel: 5x5x3x64 + 3x3x64x32 + 3x3x32x48; 1280x720 output = 320x180 LR pixels.
     assert multiply_adds("espcn", 4) == (5 * 5 * 3 * 64 + 3 * 3 * 64 * 32 + 3 * 3 * 32 * 48) * 320 * 180
     assert multiply_adds("edsr", 4) / 1e9 == pytest.approx(114.2, abs=0.1)  # EDSR-baseline, as tables report
+    assert multiply_adds("imdn", 4) / 1e9 == pytest.approx(40.9, abs=0.1)  # Hui et al. 2019, Table 3
+    assert multiply_adds("carn", 4) / 1e9 == pytest.approx(90.9, abs=0.1)  # Ahn et al. 2018, Table 3
 
 
 def test_weight_files_load_and_mismatches_list_keys(tmp_path):
