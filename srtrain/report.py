@@ -14,22 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import PIL.Image
+import torch
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: reports are built on clusters and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import PIL.Image  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from srtrain.checkpoint import model_from_checkpoint  # noqa: E402
-from srtrain.config import DataConfig  # noqa: E402
-from srtrain.data import ValImages, load_images  # noqa: E402
-from srtrain.evaluation import super_resolve  # noqa: E402
-from srtrain.models.bicubic import Bicubic  # noqa: E402
-from srtrain.models.profile import trainable_parameters  # noqa: E402
-from srtrain.visual import crop_comparison, crop_size, detailed_crop, stack  # noqa: E402
+from srtrain.checkpoint import model_from_checkpoint
+from srtrain.config import DataConfig
+from srtrain.data import ValImages, load_images
+from srtrain.evaluation import super_resolve
+from srtrain.models.bicubic import Bicubic
+from srtrain.models.profile import trainable_parameters
+from srtrain.visual import crop_comparison, crop_size, detailed_crop, stack
 
 REPORT = "report.md"
 IMAGES = "images"
@@ -114,8 +111,11 @@ def leaderboard_rows(runs: list[Run]) -> list[list[str]]:
 
 
 def curve(runs: list[Run], key: str, ylabel: str, title: str, file: Path) -> None:
-    """One line per run over epochs (bicubic's PSNR-Y dashed for reference), saved as a PNG."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    """One line per run over epochs (bicubic's PSNR-Y dashed for reference), saved as a PNG by the headless Agg
+    canvas: no pyplot, no display, no global backend state (reports are built on clusters and in CI)."""
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for run in runs:
         rows = [r for r in run.epochs if key in r]
         ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o", label=f"{run.name} ({run.model})")
@@ -127,7 +127,6 @@ def curve(runs: list[Run], key: str, ylabel: str, title: str, file: Path) -> Non
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(file)
-    plt.close(fig)
 
 
 @torch.no_grad()

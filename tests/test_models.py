@@ -61,7 +61,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(name):
 # Published trainable parameter counts (millions): EDSR (Lim et al. 2017, Table 2 and the authors' code),
 # RCAN (Zhang et al. 2018), SRResNet (Ledig et al. 2017), IMDN (Hui et al. 2019). SwinIR-light: the official
 # code's count; the paper's table (0.878/0.886/0.897 M) leaves out the 60->60 conv after the body (32,460
-# parameters), see the README.
+# parameters), see docs/models.md.
 PUBLISHED_MILLIONS = [
     ("edsr", 2, {}, 1.37),
     ("edsr", 3, {}, 1.55),
