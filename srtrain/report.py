@@ -19,6 +19,7 @@ import torch
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from srtrain.checkpoint import model_from_checkpoint
 from srtrain.config import DataConfig
@@ -123,6 +124,7 @@ def curve(runs: list[Run], key: str, ylabel: str, title: str, file: Path) -> Non
     if key == "psnr_y" and bicubic is not None:
         ax.axhline(bicubic, color="gray", linestyle="--", label="bicubic")
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
