@@ -91,6 +91,10 @@ def groups(runs: list[Run]) -> dict[tuple[int, str], list[Run]]:
     return {key: sorted(rs, key=lambda r: -r.best["psnr_y"]) for key, rs in sorted(out.items())}
 
 
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 LEADERBOARD = [
     ("run", lambda r: f"`{r.name}`"),
     ("model", lambda r: r.model),
@@ -102,7 +106,7 @@ LEADERBOARD = [
     ("final SSIM-Y", lambda r: f"{r.final['ssim_y']:.4f}"),
     ("final PSNR-RGB", lambda r: f"{r.final['psnr_rgb']:.2f}"),
     ("train min", lambda r: f"{r.final.get('train_minutes', float('nan')):.1f}"),
-    ("patches/s", lambda r: f"{r.final.get('patches_per_s', float('nan')):.0f}"),
+    ("patches/s", lambda r: _rate(r.final.get("patches_per_s", float("nan")))),
     ("run directory", lambda r: f"`{r.path}`"),
 ]
 
