@@ -1,4 +1,4 @@
-"""Command line: `srtrain [train] [--config FILE] [--key=value ...]` and `srtrain eval ...`."""
+"""Command line: `srtrain [train] [--config FILE] [--key=value ...]`, `srtrain eval|upscale|models ...`."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
-from srtrain.config import ConfigError, DataConfig, load_config, parse_overrides
+from srtrain.config import ConfigError, DataConfig, coerce, load_config, parse_overrides
 from srtrain.data import DataError
 
 USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]
        srtrain eval (--checkpoint RUN_DIR_OR_FOLDER | --model NAME) --data SOURCE [--data ...] --scale N
+       srtrain upscale IN... -o OUT (--checkpoint RUN | --model NAME [--weights FILE]) [--scale N]
+       srtrain report RUN_DIR... -o DIR
 
   train   train a model (the default command); e.g. srtrain --model=espcn --lr=0.001 --scale=4
           runs under `accelerate launch srtrain/main.py ...` for several processes or GPUs
   eval    score a trained model or the bicubic baseline as the SR literature does (srtrain eval -h)
+  upscale super-resolve image files: srtrain upscale IN... -o OUT (--checkpoint RUN | --model NAME --weights F)
+  report  compare runs: srtrain report RUN_DIR... -o DIR writes report.md with curves and crop comparisons
   models  list the model zoo: parameters, multiply-adds, latency on this machine (srtrain models -h)
   check-data  scan a data source as training does, listing unusable images (srtrain check-data -h)
   sweep   list, check, run or submit (SLURM array) the points of a W&B grid sweep YAML (srtrain sweep -h)
@@ -34,7 +39,9 @@ def train_main(argv: list[str]) -> int:
     """Parse, validate, train. Configuration and data errors end with one clear line and status 2, a diverged run
     or a failed checkpoint write with one line and status 1, a stop on a signal with EXIT_RESUMABLE (75)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        from srtrain.config_doc import key_table
+
+        print(USAGE + "\nconfiguration keys (--key=value; docs/configuration.md):\n\n" + key_table())
         return 0
     from srtrain.checkpoint import CheckpointError
     from srtrain.models.weights import WeightsError
@@ -54,6 +61,46 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint RUN, or --model NAME with --weights FILE and --option KEY=VALUE (eval and upscale share them)."""
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", type=Path, help="a run directory (its best checkpoint) or a checkpoint folder")
+    who.add_argument("--model", help="a registered model, e.g. bicubic or imdn; with --weights for external weights")
+    p.add_argument(
+        "--weights", type=Path, help="safetensors or weights-only torch file for --model (official files too)"
+    )
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a model option, e.g. mobile=true for carn"
+    )
+
+
+def load_model(args: argparse.Namespace) -> tuple[nn.Module, int]:
+    """The model and scale that `add_model_arguments` name; --scale must agree with a checkpoint's."""
+    from srtrain.checkpoint import model_from_checkpoint
+    from srtrain.models import build_model, model_options
+    from srtrain.models.weights import load_model_weights
+
+    if args.checkpoint:
+        if args.weights or args.option:
+            raise ConfigError("--weights and --option go with --model; a checkpoint brings its own")
+        model, scale = model_from_checkpoint(args.checkpoint)
+        if args.scale not in (None, scale):
+            raise ConfigError(f"--scale {args.scale} but checkpoint {args.checkpoint} was trained for x{scale}")
+        return model, scale
+    if args.scale is None:
+        raise ConfigError("--scale is required with --model")
+    known, options = model_options(args.model), {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE with KEY one of {', '.join(known) or '(none)'}")
+        options[key] = coerce(f"model.{key}", value, known[key])
+    model = build_model(args.model, args.scale, **options)
+    if args.weights:
+        load_model_weights(model, args.weights)
+    return model, args.scale
+
+
 def eval_parser() -> argparse.ArgumentParser:
     from srtrain.evaluation import SCORES
 
@@ -61,10 +108,7 @@ def eval_parser() -> argparse.ArgumentParser:
         prog="srtrain eval",
         description="Score SR models with MATLAB bicubic LR, Y-channel PSNR/SSIM and border shave.",
     )
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--checkpoint", type=Path, help="a run directory (its best checkpoint) or a checkpoint folder")
-    who.add_argument("--model", help="a registered model, e.g. bicubic; with --weights for external weights")
-    p.add_argument("--weights", type=Path, help="safetensors or weights-only torch file for --model")
+    add_model_arguments(p)
     p.add_argument(
         "--data",
         action="append",
@@ -91,27 +135,14 @@ def eval_main(argv: list[str]) -> int:
     import torch
     from accelerate import Accelerator
 
-    from srtrain.checkpoint import model_from_checkpoint
     from srtrain.evaluation import SCORES, evaluate_source
-    from srtrain.models import build_model
-    from srtrain.models.weights import load_model_weights
 
     scores = [s.strip() for s in args.metrics.split(",") if s.strip()]
     try:
         unknown = [s for s in scores if s not in SCORES]
         if unknown:
             raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(SCORES)}")
-        if args.checkpoint:
-            model, scale = model_from_checkpoint(args.checkpoint)
-            if args.scale not in (None, scale):
-                raise ConfigError(f"--scale {args.scale} but checkpoint {args.checkpoint} was trained for x{scale}")
-        else:
-            if args.scale is None:
-                raise ConfigError("--scale is required with --model")
-            scale = args.scale
-            model = build_model(args.model, scale)
-            if args.weights:
-                load_model_weights(model, args.weights)
+        model, scale = load_model(args)
         accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
         model = accelerator.prepare_model(model, evaluation_mode=True)
         results = []
@@ -210,6 +241,69 @@ def sweep_main(argv: list[str]) -> int:
     return 0
 
 
+def upscale_main(argv: list[str]) -> int:
+    """`srtrain upscale`: exit 0 when every file was upscaled, 1 when some were skipped, 2 on a usage error."""
+    p = argparse.ArgumentParser(
+        prog="srtrain upscale",
+        description="Super-resolve image files (any size, tile by tile) with a trained run or a published model.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (files keep their names)")
+    add_model_arguments(p)
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscale factor (default: the checkpoint's)")
+    p.add_argument("--tile", type=int, default=256, help="LR tile size bounding memory (0 = whole image)")
+    p.add_argument("--tile-overlap", type=int, default=32, help="LR pixels of context around each tile")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU: faster, slightly different output)")
+    p.add_argument("--force", action="store_true", help="overwrite output files that already exist")
+    args = p.parse_args(argv)
+    import torch
+
+    from srtrain.upscale import UpscaleError, find_inputs, plan, run
+
+    try:
+        jobs = plan(find_inputs(args.inputs), args.output, args.force)
+        model, scale = load_model(args)
+    except (ConfigError, UpscaleError, ValueError) as err:
+        return _error(err)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    failures = run(model, jobs, scale, args.tile, args.tile_overlap, device, args.bf16)
+    done = len(jobs) - len(failures)
+    Console().print(f"{done} of {len(jobs)} image(s) upscaled x{scale} into {args.output} on {device}")
+    if failures:
+        Console(stderr=True).print(
+            f"[bold red]{len(failures)} failed:[/] " + "; ".join(f"{path} ({why})" for path, why in failures),
+            highlight=False,
+            soft_wrap=True,
+        )
+    return 1 if failures else 0
+
+
+def report_main(argv: list[str]) -> int:
+    """`srtrain report`: a leaderboard, curves and crop comparisons of finished runs in one Markdown file."""
+    p = argparse.ArgumentParser(prog="srtrain report", description="Compare runs: report.md plus the PNGs it links.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (output_dir of training)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and images/")
+    p.add_argument("--images", type=int, default=2, help="validation images in the crop comparison")
+    p.add_argument("--force", action="store_true", help="overwrite a report written before")
+    p.add_argument(
+        "--wandb-project",
+        help="also log the leaderboard as a W&B Table here (default: the runs' project when they ran online)",
+    )
+    args = p.parse_args(argv)
+    from srtrain.report import ReportError, build_report, log_leaderboard, online_project, read_run
+
+    try:
+        runs = [read_run(path) for path in args.runs]
+        report = build_report(runs, args.output, args.images, args.force)
+    except (ReportError, DataError, ValueError) as err:
+        return _error(err)
+    Console().print(f"report: {report}")
+    project = args.wandb_project or online_project(runs)
+    if project:
+        Console().print(f"leaderboard logged to W&B project {project}, run {log_leaderboard(runs, project)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
@@ -225,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             return _error(err)
     if argv and argv[0] == "sweep":
         return sweep_main(argv[1:])
+    if argv and argv[0] == "upscale":
+        return upscale_main(argv[1:])
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)

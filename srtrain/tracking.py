@@ -15,15 +15,12 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import torch
 from accelerate import Accelerator
 from rich.console import Console
 from rich.table import Table
 
 from srtrain.config import Config
-from srtrain.evaluation import super_resolve
-from srtrain.metrics import quantize
-from srtrain.models.bicubic import Bicubic
+from srtrain.visual import stack
 
 WANDB_FLUSH_S = 1.0  # seconds between writes of W&B's run file; all of it is written at the end or on a stop
 console = Console(soft_wrap=True)  # long lines stay whole in logs; tables still fit the width
@@ -72,18 +69,6 @@ def wandb_mode(cfg: Config) -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if _has_wandb_key() else "offline"
-
-
-def sample_grid(model: torch.nn.Module, sample: dict[str, torch.Tensor], scale: int) -> np.ndarray:
-    """One row LR (nearest) | bicubic | SR | HR for a validation sample, as an HxWx3 uint8 array."""
-    device = next(model.parameters()).device
-    lr, hr = sample["lr"][None].to(device), sample["hr"][None].to(device)
-    with torch.no_grad():
-        sr = super_resolve(model, lr, scale)
-    nearest = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
-    bicubic = Bicubic(scale)(lr)
-    row = torch.cat([quantize(t).expand(-1, 3, -1, -1) for t in (nearest, bicubic, sr, hr)], dim=-1)[0]
-    return row.permute(1, 2, 0).to(torch.uint8).cpu().numpy()
 
 
 class Tracker:
@@ -144,13 +129,12 @@ class Tracker:
         """Sample grids, before the epoch's metrics commit step `step`."""
         if not self.accelerator.is_main_process or not rows:
             return
-        width = max(r.shape[1] for r in rows)
-        grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+        grid = stack(rows)
         PIL.Image.fromarray(grid).save(self.out_dir / "samples" / f"epoch_{epoch:04d}.png")
         if self.use_wandb:
             import wandb
 
-            caption = "LR (nearest) | bicubic | SR | HR"
+            caption = "LR (nearest) | bicubic | SR | HR (PSNR-Y), above the same zoomed crop of each"
             self.run.log({"samples": wandb.Image(grid, caption=caption)}, step=step, commit=False)
 
     def summary(self, **values: Any) -> None:

@@ -27,7 +27,8 @@ from srtrain.models import build_model
 from srtrain.models.weights import load_model_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
 from srtrain.stopping import StoppedToResume, Stopper
-from srtrain.tracking import Tracker, console, new_run_id, sample_grid
+from srtrain.tracking import Tracker, console, new_run_id
+from srtrain.visual import sample_grid
 
 
 class NonFiniteLossError(RuntimeError):

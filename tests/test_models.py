@@ -10,7 +10,7 @@ from srtrain.models.profile import multiply_adds, trainable_parameters
 from srtrain.models.resnet50 import PretrainedWeightsError, cached_weights_path
 from srtrain.models.weights import WeightsError, load_model_weights
 
-ZOO = ["bicubic", "edsr", "espcn", "rcan", "resnet50", "srcnn", "srresnet", "swinir"]
+ZOO = ["bicubic", "carn", "edsr", "espcn", "imdn", "rcan", "resnet50", "srcnn", "srresnet", "swinir"]
 # Small variants keep the learning-step test fast; shapes and dtypes use the defaults.
 SMALL = {"rcan": {"n_groups": 2, "n_blocks": 2}, "swinir": {"n_blocks": 1, "depth": 2}}
 
@@ -59,8 +59,9 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(name):
 
 
 # Published trainable parameter counts (millions): EDSR (Lim et al. 2017, Table 2 and the authors' code),
-# RCAN (Zhang et al. 2018), SRResNet (Ledig et al. 2017). SwinIR-light: the official code's count; the paper's
-# table (0.878/0.886/0.897 M) leaves out the 60->60 conv after the body (32,460 parameters), see the README.
+# RCAN (Zhang et al. 2018), SRResNet (Ledig et al. 2017), IMDN (Hui et al. 2019). SwinIR-light: the official
+# code's count; the paper's table (0.878/0.886/0.897 M) leaves out the 60->60 conv after the body (32,460
+# parameters), see docs/models.md.
 PUBLISHED_MILLIONS = [
     ("edsr", 2, {}, 1.37),
     ("edsr", 3, {}, 1.55),
@@ -72,6 +73,9 @@ PUBLISHED_MILLIONS = [
     ("srresnet", 4, {}, 1.547),
     ("swinir", 2, {}, 0.910),
     ("swinir", 4, {}, 0.930),
+    ("imdn", 2, {}, 0.694),
+    ("imdn", 3, {}, 0.703),
+    ("imdn", 4, {}, 0.715),
 ]
 
 
@@ -89,6 +93,8 @@ def test_multiply_adds_are_counted():
     # ESPCN x4 per LR pixel: 5x5x3x64 + 3x3x64x32 + 3x3x32x48; 1280x720 output = 320x180 LR pixels.
     assert multiply_adds("espcn", 4) == (5 * 5 * 3 * 64 + 3 * 3 * 64 * 32 + 3 * 3 * 32 * 48) * 320 * 180
     assert multiply_adds("edsr", 4) / 1e9 == pytest.approx(114.2, abs=0.1)  # EDSR-baseline, as tables report
+    assert multiply_adds("imdn", 4) / 1e9 == pytest.approx(40.9, abs=0.1)  # Hui et al. 2019, Table 3
+    assert multiply_adds("carn", 4) / 1e9 == pytest.approx(90.9, abs=0.1)  # Ahn et al. 2018, Table 3
 
 
 def test_weight_files_load_and_mismatches_list_keys(tmp_path):

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from srtrain.config import ConfigError, load_config
 from srtrain.train import lr_at, train
+from srtrain.visual import GAP, LABEL_HEIGHT
 
 pytestmark = needs_data
 LAUNCH = [*accelerate_launch(1), str(ROOT / "srtrain" / "main.py")]
@@ -105,7 +106,8 @@ def test_end_to_end_files(full_run):
         assert {"optimizer", "state"} <= state.keys()
     assert torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]["epoch"] == 2
     grid = PIL.Image.open(out / "samples" / "epoch_0002.png")
-    assert grid.size == (4 * 512, 512 + 288)  # rows LR | bicubic | SR | HR of baby (512^2) and bird (288^2)
+    # LR | bicubic | SR | HR over a row of crops, each panel under a label: baby (512^2) above bird (288^2)
+    assert grid.size == (4 * 512 + 3 * GAP, 2 * (512 + LABEL_HEIGHT) + GAP + GAP + 2 * (288 + LABEL_HEIGHT) + GAP)
     assert not list(out.parent.glob("runs"))  # nothing written outside --output_dir
 
 

@@ -1,11 +1,14 @@
 """Reading weight files into models: safetensors or weights-only torch files, never arbitrary pickles.
 
-Used for checkpoints, `--init_from`, `srtrain eval --weights` and pretrained backbones alike, so every
-weight file gets the same safety and the same error that lists missing and unexpected keys.
+Used for checkpoints, `--init_from`, `srtrain eval --weights`, `srtrain upscale --weights` and pretrained
+backbones alike, so every weight file gets the same safety and the same error that lists missing and unexpected
+keys. Published files load as their authors saved them: a DataParallel `module.` prefix is stripped, and a
+multi-scale file fills the upsampler branch of the model's scale.
 """
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +30,14 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file '{file}' does not exist")
     try:
         weights = load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, "cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"'{file}' is a pickled object (a whole model?), not a state dict; srtrain reads weights-only files "
+            "and never unpickles code. "
+            'If you trust the file, save its state dict once: python -c "import torch; '
+            f"torch.save(torch.load('{file}', weights_only=False).state_dict(), '{file.with_suffix('.state.pth')}')\" "
+            "(the model's class must be importable there)"
+        ) from err
     except Exception as err:
         raise WeightsError(
             f"cannot read weights from '{file}' (safetensors or weights-only torch file): {err}"
@@ -36,7 +47,19 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             weights = weights[key]
     if not isinstance(weights, dict):
         raise WeightsError(f"'{file}' holds a {type(weights).__name__}, not a state dict")
+    if weights and all(k.startswith("module.") for k in weights):  # saved from DataParallel
+        weights = {k.removeprefix("module."): v for k, v in weights.items()}
     return weights
+
+
+def scale_branch(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys of a multi-scale weight file that `model` uses: a model with `branch_prefix` (CARN's
+    `upsample.up`) holds only the upsampler `{branch_prefix}{scale}.`, so the other scales' are dropped."""
+    prefix = getattr(model, "branch_prefix", None)
+    if prefix is None:
+        return state
+    own = f"{prefix}{model.scale}."
+    return {k: v for k, v in state.items() if not k.startswith(prefix) or k.startswith(own)}
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, ignore: Iterable[str] = ()) -> None:
@@ -59,4 +82,4 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, i
 
 def load_model_weights(model: nn.Module, path: Path) -> None:
     """Load a weight file (or checkpoint folder) into `model`."""
-    load_state(model, load_weights(path), path)
+    load_state(model, scale_branch(model, load_weights(path)), path)

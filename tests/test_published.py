@@ -1,0 +1,85 @@
+"""Official weights of published models (../shared/weights) load as their authors saved them and reproduce the
+published tables through `srtrain eval`: IMDN to 0.02 dB / 0.001, CARN-M to 0.2 dB (its authors say the paper's
+figures cannot be reproduced exactly from the released file)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA, needs_data
+
+from srtrain.cli import main
+from srtrain.models import build_model
+from srtrain.models.profile import trainable_parameters
+from srtrain.models.weights import WeightsError, load_model_weights, load_weights
+
+WEIGHTS = DATA.parent / "weights"
+pytestmark = [needs_data, pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared/weights is absent")]
+
+# Hui et al. 2019, Table 3; Ahn et al. 2018, Table 3 (PSNR-Y / SSIM-Y; Set5, Set14).
+IMDN = {
+    4: {"Set5": (32.21, 0.8948), "Set14": (28.58, 0.7811)},
+    3: {"Set5": (34.36, 0.9270), "Set14": (30.32, 0.8417)},
+    2: {"Set5": (38.00, 0.9605), "Set14": (33.63, 0.9177)},
+}
+CARN_M = {
+    4: {"Set5": (31.92, 0.8903), "Set14": (28.42, 0.7762)},
+    3: {"Set5": (33.99, 0.9236), "Set14": (30.08, 0.8367)},
+    2: {"Set5": (37.53, 0.9583), "Set14": (33.26, 0.9141)},
+}
+
+
+def eval_json(tmp_path: Path, *args: str) -> dict[str, dict]:
+    out = tmp_path / "eval.json"
+    sets = ["--data", str(DATA / "Set5"), "--data", str(DATA / "Set14")]
+    assert main(["eval", *args, *sets, "--metrics", "psnr_y,ssim_y", "--json", str(out)]) == 0
+    return {r["dataset"]: r for r in json.loads(out.read_text())["results"]}
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_imdn_loads_strictly_and_reproduces_the_paper(scale, tmp_path):
+    model = build_model("imdn", scale)
+    load_model_weights(model, WEIGHTS / f"IMDN_x{scale}.pth")  # keys saved as `module.*` (DataParallel)
+    assert trainable_parameters(model) == {2: 694_404, 3: 703_059, 4: 715_176}[scale]
+    weights = ["--weights", str(WEIGHTS / f"IMDN_x{scale}.pth")]
+    results = eval_json(tmp_path, "--model", "imdn", *weights, "--scale", str(scale))
+    for dataset, (psnr, ssim) in IMDN[scale].items():
+        assert abs(results[dataset]["psnr_y"] - psnr) <= 0.02, (dataset, results[dataset]["psnr_y"])
+        assert abs(results[dataset]["ssim_y"] - ssim) <= 0.001, (dataset, results[dataset]["ssim_y"])
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_carn_m_fills_the_branch_of_its_scale_and_scores_near_the_paper(scale, tmp_path):
+    file = WEIGHTS / "carn_m.pth"
+    model = build_model("carn", scale, mobile=True)
+    load_model_weights(model, file)
+    state = load_weights(file)
+    branch = f"upsample.up{scale}."
+    assert {k for k in state if k.startswith(branch)} == {k for k in model.state_dict() if k.startswith(branch)}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    results = eval_json(
+        tmp_path, "--model", "carn", "--option", "mobile=true", "--weights", str(file), "--scale", str(scale)
+    )
+    for dataset, (psnr, ssim) in CARN_M[scale].items():
+        assert abs(results[dataset]["psnr_y"] - psnr) <= 0.2, (dataset, results[dataset]["psnr_y"])
+        assert abs(results[dataset]["ssim_y"] - ssim) <= 0.005, (dataset, results[dataset]["ssim_y"])
+
+
+def test_wrong_files_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(WeightsError, match="missing keys"):  # the multi-scale CARN-M file is not full CARN
+        load_model_weights(build_model("carn", 4), WEIGHTS / "carn_m.pth")
+    with pytest.raises(WeightsError, match="shape"):  # x4 weights into an x2 IMDN: same keys, other shapes
+        load_model_weights(build_model("imdn", 2), WEIGHTS / "IMDN_x4.pth")
+    whole = tmp_path / "whole_model.pth"
+    torch.save(build_model("imdn", 4), whole)  # a pickled model object, as some repositories publish
+    with pytest.raises(WeightsError, match=r"state_dict\(\)") as err:
+        load_model_weights(build_model("imdn", 4), whole)
+    assert str(whole) in str(err.value)
+
+
+def test_bad_model_option_names_the_valid_ones(capsys):
+    args = ["eval", "--model", "carn", "--option", "tiny=true", "--data", str(DATA / "Set5"), "--scale", "4"]
+    assert main(args) == 2
+    assert "mobile" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""`srtrain report` from real short runs: grouped leaderboards sorted by best PSNR-Y, every linked image exists
+and opens, no overwriting without --force, and the leaderboard as a W&B Table (offline files read back)."""
+
+import json
+import re
+
+import PIL.Image
+import pytest
+from conftest import DATA, needs_data
+
+from srtrain.cli import main
+from srtrain.config import load_config
+from srtrain.train import train
+
+pytestmark = needs_data
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, photo_folder):
+    """ESPCN and SRCNN at x2 for two epochs, ESPCN at x3 for one: tiny real runs on Set5 crops."""
+    root = tmp_path_factory.mktemp("runs")
+    out = []
+    for model, scale, epochs in (("espcn", 2, 2), ("srcnn", 2, 2), ("espcn", 3, 1)):
+        run = root / f"{model}_x{scale}"
+        overrides = {
+            "model": model,
+            "scale": scale,
+            "epochs": epochs,
+            "data.train": str(photo_folder),
+            "data.val": str(DATA / "Set5"),
+            "data.max_val_images": 2,
+            "data.repeat": 4,
+            "patch_size": 30 if scale == 3 else 32,
+            "batch_size": 8,
+            "lr": 0.002,
+            "num_samples": 1,
+            "wandb.mode": "disabled",
+            "output_dir": str(run),
+        }
+        train(load_config(None, overrides))
+        out.append(run)
+    return out
+
+
+def test_report_groups_ranks_and_links_images_that_open(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", *map(str, runs), "-o", str(out), "--images", "1"]) == 0
+    text = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 6  # PSNR curve, loss curve and crops for each of the two groups
+    for link in links:
+        with PIL.Image.open(out / link) as image:
+            image.verify()
+    x2, x3 = text.split("## x2 on ")[1].split("## x3 on ")
+    assert "espcn_x3" not in x2 and "srcnn" not in x3  # different scales are never ranked together
+    best = [float(v) for v in re.findall(r"\*\*([0-9.]+)\*\*", x2)]
+    assert len(best) == 2 and best == sorted(best, reverse=True)
+    rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert f"**{max(r['psnr_y'] for r in rows):.2f}**" in x2  # the leaderboard shows the run's own numbers
+
+
+def test_report_never_overwrites_without_force(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("my notes")
+    assert main(["report", str(runs[0]), "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and (out / "report.md").read_text() == "my notes"
+    assert main(["report", str(runs[0]), "-o", str(out), "--force", "--images", "1"]) == 0
+    assert (out / "report.md").read_text().startswith("# srtrain report")
+
+
+def test_not_a_run_directory_is_named(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r")]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_leaderboard_as_wandb_table(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    args = ["report", str(runs[0]), str(runs[1]), "-o", str(tmp_path / "r"), "--images", "1"]
+    assert main([*args, "--wandb-project", "srtrain-report-test"]) == 0
+    (table,) = tmp_path.glob("wandb/offline-run-*/files/media/table/leaderboard_*.table.json")
+    content = json.loads(table.read_text())
+    assert content["columns"][:3] == ["group", "run", "model"] and len(content["data"]) == 2
