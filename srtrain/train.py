@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from srtrain.checkpoint import CheckpointError, TrainState, copy_checkpoint, load_checkpoint, save_checkpoint
 from srtrain.config import Config, ConfigError
-from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images
+from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images, training_pair
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.models import build_model
@@ -402,6 +402,7 @@ def train(cfg: Config) -> dict[str, float]:
         with progress_bar(epoch, cfg, main) as bar:
             task = bar.add_task("train", total=len(train_loader), completed=state.batches_done, loss=float("nan"))
             for batch in epoch_batches(train_loader, epoch, state.batches_done):
+                batch = training_pair(batch, cfg.scale)  # float LR/HR made on the device, one batched resize
                 with accelerator.accumulate(model):
                     loss = loss_fn(model(batch["lr"].contiguous(memory_format=memory_format)).float(), batch["hr"])
                     accelerator.backward(loss)

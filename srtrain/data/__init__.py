@@ -5,7 +5,15 @@ them into training patches (map-style or streamed) and validation images.
 """
 
 from srtrain.data.images import DataError, ImageSet
-from srtrain.data.patches import StreamLoader, StreamPatches, TrainPatches, ValImages, augment, random_patch
+from srtrain.data.patches import (
+    StreamLoader,
+    StreamPatches,
+    TrainPatches,
+    ValImages,
+    augment,
+    random_patch,
+    training_pair,
+)
 from srtrain.data.sources import data_root, load_images, load_source, open_stream, resolve_path
 
 __all__ = [
@@ -22,4 +30,5 @@ __all__ = [
     "open_stream",
     "random_patch",
     "resolve_path",
+    "training_pair",
 ]
