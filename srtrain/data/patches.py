@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from srtrain.config import DataConfig
 from srtrain.data.images import DataError, ImageSet, check_image, decode_image, example_name
+from srtrain.data.prepared import PreparedImages
 from srtrain.data.sources import ID_COLUMN, open_stream
 from srtrain.degradation import imresize, modcrop
 
@@ -87,7 +88,7 @@ def training_pair(batch: dict[str, torch.Tensor], scale: int) -> dict[str, torch
 class TrainPatches(Dataset):
     """`repeat` random aligned uint8 (LR, HR) patches per image per epoch (HR only without paired LR)."""
 
-    def __init__(self, images: ImageSet, scale: int, patch_size: int, repeat: int, seed: int) -> None:
+    def __init__(self, images: ImageSet | PreparedImages, scale: int, patch_size: int, repeat: int, seed: int) -> None:
         self.images, self.scale, self.patch_size = images, scale, patch_size
         self.repeat, self.seed, self.epoch = repeat, seed, 0
 
@@ -239,7 +240,7 @@ class StreamLoader(DataLoaderStateMixin):
 class ValImages(Dataset):
     """Whole validation images cropped to a multiple of the scale; LR made by MATLAB bicubic on uint8."""
 
-    def __init__(self, images: ImageSet, scale: int) -> None:
+    def __init__(self, images: ImageSet | PreparedImages, scale: int) -> None:
         self.images, self.scale = images, scale
 
     def __len__(self) -> int:
