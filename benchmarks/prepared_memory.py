@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -66,7 +67,11 @@ def worker(source: str, cache: bool, repeat: int) -> None:
 def launch(processes: int, source: Path, cache: bool, repeat: int) -> list[list[float]]:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     world = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+    with socket.socket() as free:  # not 29500: other runs on this machine may hold it
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
     cmd = ["accelerate", "launch", *world, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", port]
     cmd += [__file__, "--worker", str(source), "--cache", str(int(cache)), "--repeat", str(repeat)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])

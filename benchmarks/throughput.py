@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "data" / "T91"
 VAL = ROOT.parent / "shared" / "data" / "Set5"
 SCALE, PATCH, BATCH = 4, 96, 16
-PATCHES = {"espcn": 3200, "edsr": 640}  # per timed epoch: about 10-20 s each on 2 CPU cores
+PATCHES = {"espcn": 3200, "edsr": 640}  # per timed epoch: about 10-20 s each on 2 quiet CPU cores
 
 
 def make_data(work: Path) -> dict[str, str]:
@@ -51,15 +51,14 @@ def make_data(work: Path) -> dict[str, str]:
             image = PIL.Image.open(path).convert("RGB")
             if min(image.size) < PATCH:
                 continue
-            pixels = modcrop(torch.from_numpy(np.asarray(image)).permute(2, 0, 1), SCALE)
+            pixels = modcrop(torch.from_numpy(np.array(image)).permute(2, 0, 1), SCALE)
             PIL.Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(hr / path.name)
             PIL.Image.fromarray(imresize(pixels, 1 / SCALE).permute(1, 2, 0).numpy()).save(lr / path.name)
         prepare(str(hr), prepared)
     return {"folder": str(hr), "pairs": f"{hr},{lr}", "prepared": str(prepared)}
 
 
-def job(model: str, source: str, workers: int, extra: list[str]) -> list[str]:
-    images = len(list(Path(source.split(",")[0]).glob("*.png"))) or len(list(T91.glob("*.png")))
+def job(model: str, source: str, images: int, workers: int, extra: list[str]) -> list[str]:
     repeat = -(-PATCHES[model] // images)  # the prepared set holds one tile per image (all are under 480 px)
     return [
         f"--model={model}",
@@ -93,7 +92,7 @@ def srtrain_rate(args: list[str], gpu: bool) -> float:
     return rows[-1]["patches_per_s"]
 
 
-def bare_rate(model_name: str, precision: str, channels_last: bool) -> float:
+def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int) -> float:
     """The ceiling: the same model, batch and patch on tensors already on the device, no data pipeline."""
     import torch
 
@@ -105,7 +104,7 @@ def bare_rate(model_name: str, precision: str, channels_last: bool) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     lr = torch.rand(BATCH, 3, PATCH // SCALE, PATCH // SCALE, device=device).contiguous(memory_format=fmt)
     hr = torch.rand(BATCH, 3, PATCH, PATCH, device=device)
-    steps = PATCHES[model_name] // BATCH
+    steps = patches // BATCH
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     def epoch() -> float:
@@ -157,7 +156,7 @@ def child(kind: str, args: list[str]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="on a CUDA device: bf16, and bf16 + channels_last")
-    p.add_argument("--quick", action="store_true", help="0 loader workers and one round only")
+    p.add_argument("--quick", action="store_true", help="0 loader workers, one round, a quarter of the patches")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--models", default="espcn,edsr")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "srtrain_throughput")
@@ -166,16 +165,20 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         if kind == "bare":
-            print(bare_rate(rest[0], rest[1], rest[2] == "1"))
+            print(bare_rate(rest[0], rest[1], rest[2] == "1", int(rest[3])))
         else:
             print(pipeline_rate(rest[0], int(rest[1])))
         return
     import torch
 
+    if args.quick:
+        PATCHES.update({model: n // 4 for model, n in PATCHES.items()})
     sources = make_data(args.work)
+    images = len(list(Path(sources["folder"]).glob("*.png")))
     workers = (0,) if args.quick else (0, 1, 2)
     rounds = 1 if args.quick else args.rounds
     precisions = [("bf16", False), ("bf16", True)] if args.gpu else [("no", False)]
+    precisions = precisions[-1:] if args.quick else precisions
     rows: dict[tuple, list[float]] = {}
     for _ in range(rounds):  # interleaved: every variant once per round
         for model in args.models.split(","):
@@ -183,11 +186,11 @@ def main() -> None:
                 extra = [f"--mixed_precision={precision}", f"--channels_last={str(cl).lower()}"]
                 tag = precision + (" + channels_last" if cl else "")
                 rows.setdefault((model, tag, "bare loop", "-"), []).append(
-                    child("bare", [model, precision, str(int(cl))])
+                    child("bare", [model, precision, str(int(cl)), str(PATCHES[model])])
                 )
                 for mode, source in sources.items():
                     for w in workers:
-                        rate = srtrain_rate(job(model, source, w, extra), args.gpu)
+                        rate = srtrain_rate(job(model, source, images, w, extra), args.gpu)
                         rows.setdefault((model, tag, f"srtrain, {mode}", str(w)), []).append(rate)
         for mode, source in sources.items():
             for w in workers:

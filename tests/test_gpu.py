@@ -1,15 +1,17 @@
 """On a CUDA device: training in fp32, bf16 and fp16 (loss scaling), eval and degradation equal to the CPU's.
 
 Skipped without CUDA. On a GPU machine, from a plain checkout: `PYTHONPATH=. python -m pytest -q -m gpu`.
+The data are the photographs bundled with scikit-image (the `default` source), so ../shared need not exist.
 """
 
 import json
 import os
 import subprocess
 
+import PIL.Image
 import pytest
 import torch
-from conftest import DATA, ROOT, accelerate_launch, needs_data
+from conftest import ROOT, accelerate_launch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
@@ -19,7 +21,6 @@ from srtrain.models import build_model
 
 pytestmark = [
     pytest.mark.gpu,
-    needs_data,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
@@ -34,9 +35,9 @@ def run(cmd: list[str], cwd, env=None) -> subprocess.CompletedProcess:
 def job(out, *extra: str) -> list[str]:
     return [
         str(ROOT / "srtrain" / "main.py"),
-        f"--data.train={DATA / 'Set14'}",
-        f"--data.val={DATA / 'Set5'}",
-        "--data.repeat=16",
+        "--data.train=default",
+        "--data.val=default",
+        "--data.repeat=24",
         "--batch_size=16",
         "--patch_size=96",
         "--model=espcn",
@@ -72,6 +73,9 @@ def test_two_gpus_train_in_sync(tmp_path):
 
 
 def test_eval_on_cuda_equals_cpu(tmp_path):
+    images = load_images(DataConfig(), "val")
+    for i in range(len(images)):
+        PIL.Image.fromarray(images.hr(i).permute(1, 2, 0).numpy()).save(tmp_path / f"{images.name(i)}.png")
     torch.manual_seed(0)
     weights = tmp_path / "espcn.safetensors"
     save_file(build_model("espcn", 4).state_dict(), str(weights))
@@ -79,7 +83,7 @@ def test_eval_on_cuda_equals_cpu(tmp_path):
     for device, visible in (("cuda", os.environ.get("CUDA_VISIBLE_DEVICES", "0")), ("cpu", "")):
         report = tmp_path / f"{device}.json"
         cmd = ["python", "-m", "srtrain", "eval", "--model", "espcn", "--weights", str(weights), "--scale", "4"]
-        cmd += ["--data", str(DATA / "Set14"), "--json", str(report)]
+        cmd += ["--data", str(tmp_path), "--json", str(report)]
         run(cmd, tmp_path, {**ENV, "CUDA_VISIBLE_DEVICES": visible})
         results[device] = json.loads(report.read_text())["results"][0]["per_image"]
     for gpu, cpu in zip(results["cuda"], results["cpu"], strict=True):
@@ -89,7 +93,7 @@ def test_eval_on_cuda_equals_cpu(tmp_path):
 
 
 def test_batched_degradation_on_cuda_equals_cpu():
-    patches = TrainPatches(load_images(DataConfig(train=str(DATA / "Set14")), "train"), 4, 96, 4, seed=0)
+    patches = TrainPatches(load_images(DataConfig(), "train"), 4, 96, 4, seed=0)
     batch = next(iter(DataLoader(patches, batch_size=32)))
     cpu = training_pair(batch, 4)
     gpu = training_pair({k: v.cuda() for k, v in batch.items()}, 4)
