@@ -9,7 +9,8 @@ Rows, for ESPCN (tiny, data-bound) and EDSR-baseline (compute-bound), x4, batch 
 - srtrain's own training loop (`srtrain/main.py`, epoch 2 of 2: epoch 1 warms up) from (a) a folder of HR
   images, LR made on the fly; (b) HR/LR folder pairs; (c) a `srtrain prepare`d dataset; with N loader workers;
 - `pipeline only`: srtrain's loader and `training_pair`, no model.
-The data are the T91 images at least 96 px on a side; LR pairs and the prepared set are made from them once.
+The data are the T91 images at least 96 px on a side (scikit-image's bundled photographs where ../shared is
+absent); LR pairs and the prepared set are made from them once.
 Each figure is the median over the rounds of patches/s in steady state; ratio = figure / bare loop's.
 """
 
@@ -40,20 +41,24 @@ def make_data(work: Path) -> dict[str, str]:
     import PIL.Image
     import torch
 
-    from srtrain.data import prepare
+    from srtrain.config import DataConfig
+    from srtrain.data import load_images, prepare
     from srtrain.degradation import imresize, modcrop
 
     hr, lr, prepared = work / "hr", work / "lr", work / "prepared"
     if not prepared.exists():
         hr.mkdir(parents=True)
         lr.mkdir()
-        for path in sorted(T91.glob("*.png")):
-            image = PIL.Image.open(path).convert("RGB")
-            if min(image.size) < PATCH:
+        photos = [(p.name, np.array(PIL.Image.open(p).convert("RGB"))) for p in sorted(T91.glob("*.png"))]
+        if not photos:  # no ../shared (a bare GPU machine): scikit-image's bundled photographs instead
+            bundled = load_images(DataConfig(), "train")
+            photos = [(f"{bundled.name(i)}.png", bundled.hr(i).permute(1, 2, 0).numpy()) for i in range(len(bundled))]
+        for name, array in photos:
+            if min(array.shape[:2]) < PATCH:
                 continue
-            pixels = modcrop(torch.from_numpy(np.array(image)).permute(2, 0, 1), SCALE)
-            PIL.Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(hr / path.name)
-            PIL.Image.fromarray(imresize(pixels, 1 / SCALE).permute(1, 2, 0).numpy()).save(lr / path.name)
+            pixels = modcrop(torch.from_numpy(array).permute(2, 0, 1), SCALE)
+            PIL.Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(hr / name)
+            PIL.Image.fromarray(imresize(pixels, 1 / SCALE).permute(1, 2, 0).numpy()).save(lr / name)
         prepare(str(hr), prepared)
     return {"folder": str(hr), "pairs": f"{hr},{lr}", "prepared": str(prepared)}
 
@@ -68,7 +73,7 @@ def job(model: str, source: str, images: int, workers: int, extra: list[str]) ->
         f"--data.train={source}",
         f"--data.repeat={repeat}",
         f"--data.num_workers={workers}",
-        f"--data.val={VAL}",
+        f"--data.val={VAL if VAL.exists() else 'default'}",
         "--data.max_val_images=1",
         "--epochs=2",
         "--val_every=2",
