@@ -66,6 +66,10 @@ def test_prepared_source_trains_and_validates(prepared):
     assert hr_only.lr_column is None and ValImages(hr_only, 4)[2]["lr"].shape == (3, 24, 24)
     with pytest.raises(DataError, match="smaller than 128 px; lower it"):
         hr_only.check(4, 128, "lower it")
+    tiles = load_images(DataConfig(train=str(prepared)), "train")  # data.skip_bad's path; every tile is 96x96
+    assert tiles.without_bad(4, 96, "fix", 0.5) == (tiles, [])
+    with pytest.raises(DataError, match=r"tiles in .* are bad, more than data.max_bad_fraction=0.5"):
+        tiles.without_bad(4, 97, "fix", 0.5)
 
 
 def test_pages_are_shared_not_copied(prepared):

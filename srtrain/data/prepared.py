@@ -279,16 +279,36 @@ class PreparedImages:
     def lr(self, i: int) -> torch.Tensor | None:
         return None if self.lr_column is None else self._pixels(self.lr_column, i)
 
-    def check(self, scale: int, min_hr: int, fix: str) -> None:
-        """Fail before training if a tile is too small or the chosen LR column is for another scale."""
+    def problems(self, scale: int, min_hr: int, fix: str) -> list[tuple[int, str]]:
+        """(index, message) of every tile too small for training; fails at once if the LR column is for another
+        scale (a setting, not a bad tile). Tiles were decoded by `prepare`, so nothing else can be wrong."""
         if self.lr_column is not None and self.lr_column != f"lr_x{scale}":
             raise DataError(
                 f"'{self.source}' LR column '{self.lr_column}' does not hold x{scale} LR tiles; set "
                 f"--data.lr_column=lr_x{scale} if it was prepared with that scale, or leave LR to be made from HR"
             )
         small = np.flatnonzero(self.shapes[:, 1:].min(axis=1) < min_hr)
-        if len(small):
-            _, h, w = self.shapes[small[0]]
+        return [
+            (int(i), f"tile '{self.name(int(i))}' in '{self.source}' is {w}x{h}, smaller than {min_hr} px; {fix}")
+            for i, (_, h, w) in zip(small, self.shapes[small], strict=True)
+        ]
+
+    def check(self, scale: int, min_hr: int, fix: str) -> None:
+        """Fail before training if a tile is too small or the chosen LR column is for another scale."""
+        bad = self.problems(scale, min_hr, fix)
+        if bad:
+            raise DataError(bad[0][1])
+
+    def without_bad(self, scale: int, min_hr: int, fix: str, max_fraction: float) -> tuple[PreparedImages, list[str]]:
+        """As `ImageSet.without_bad`: these tiles minus the too small ones, and a message per tile skipped."""
+        bad = self.problems(scale, min_hr, fix)
+        if len(bad) > max_fraction * len(self):
             raise DataError(
-                f"tile '{self.name(int(small[0]))}' in '{self.source}' is {w}x{h}, smaller than {min_hr} px; {fix}"
+                f"{len(bad)} of {len(self)} tiles in '{self.source}' are bad, more than data.max_bad_fraction="
+                f"{max_fraction:g}; the first: {bad[0][1]}"
             )
+        if not bad:
+            return self, []
+        skipped = {i for i, _ in bad}
+        kept = self.dataset.select([i for i in range(len(self)) if i not in skipped])
+        return PreparedImages(kept, self.source, self.hr_column, self.lr_column), [message for _, message in bad]
