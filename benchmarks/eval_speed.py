@@ -1,6 +1,6 @@
 """Time the full Set14 x4 evaluation, split into its stages, so that metrics never dominate validation.
 
-    python benchmarks/eval_speed.py [--data ../shared/data/Set14] [--scale 4] [--repeats 5]
+    python benchmarks/eval_speed.py [--data ../shared/data/Set14] [--scale 4] [--repeats 5] [--model bicubic]
 
 Prints the median seconds over the repeats of: PNG decoding, MATLAB bicubic LR creation, bicubic
 upscaling (the model), each metric, and the end-to-end `evaluate_source` (what `srtrain eval` runs).
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "Set14"))
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="bicubic", help="the model timed as the SR step (random weights)")
     args = parser.parse_args()
     s, n = args.scale, args.repeats
     data = DataConfig(val=args.data, gray="direct", cache=False)
@@ -48,21 +49,25 @@ def main() -> None:
     resize = median_seconds(lambda: [imresize(x, 1 / s) for x in hr], n)
     lr = [(imresize(x, 1 / s).float() / 255)[None] for x in hr]
     hr01 = [(x.float() / 255)[None] for x in hr]
-    bicubic = build_model("bicubic", s)
-    upscale = median_seconds(lambda: [bicubic(x) for x in lr], n)
-    sr = [bicubic(x) for x in lr]
+    torch.manual_seed(0)
+    model = build_model(args.model, s).eval()
+    with torch.no_grad():
+        upscale = median_seconds(lambda: [model(x) for x in lr], n)
+        sr = [model(x).clamp(0, 1) for x in lr]
     metric = {
         name: median_seconds(lambda fn=fn: [fn(a, b, s, "direct") for a, b in zip(sr, hr01, strict=True)], n)
         for name, fn in SCORES.items()
     }
     accelerator = Accelerator(cpu=True)
-    end_to_end = median_seconds(lambda: evaluate_source(bicubic, data, s, accelerator), n)
+    end_to_end = median_seconds(lambda: evaluate_source(model, data, s, accelerator), n)
 
     print(
-        f"Set14 x{s}: {len(hr)} images, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{Path(args.data).name} x{s}: {len(hr)} images, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); median of {n} runs, seconds"
     )
-    rows = [("decode PNGs", decode), ("LR by MATLAB imresize (uint8)", resize), ("bicubic upscale (model)", upscale)]
+    rows = [("decode PNGs", decode), ("LR by MATLAB imresize (uint8)", resize)]
+    rows += [(f"{args.model} upscale (model)", upscale)]
     rows += [(f"metric {name}", t) for name, t in metric.items()]
     rows += [("end to end: evaluate_source (psnr_y, ssim_y, psnr_rgb)", end_to_end)]
     for label, t in rows:

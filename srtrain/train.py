@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from srtrain.checkpoint import CheckpointError, TrainState, copy_checkpoint, load_checkpoint, save_checkpoint
 from srtrain.config import Config, ConfigError
-from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images
+from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images, training_pair
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.models import build_model
@@ -67,6 +67,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     check_launch(accelerator)
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch`'s default is "no"
+    if launched not in ("no", cfg.mixed_precision) and accelerator.is_main_process:
+        console.print(
+            f"[yellow]accelerate launch --mixed_precision={launched} is ignored: the job's "
+            f"mixed_precision={cfg.mixed_precision} decides (set --mixed_precision={launched} in the job instead)"
+        )
     if use_cpu:
         # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which leaves all but one core
         # idle; share the cores among this node's processes instead (or take --cpu_threads as given).
@@ -336,6 +342,9 @@ def train(cfg: Config) -> dict[str, float]:
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.functional.l1_loss if cfg.loss == "l1" else torch.nn.functional.mse_loss
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+    # accelerate runs the whole forward under autocast; keep that to the training step, so that validation and
+    # samples score the float32 output `srtrain eval` gives for the saved weights
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -403,8 +412,11 @@ def train(cfg: Config) -> dict[str, float]:
         with progress_bar(epoch, cfg, main) as bar:
             task = bar.add_task("train", total=len(train_loader), completed=state.batches_done, loss=float("nan"))
             for batch in epoch_batches(train_loader, epoch, state.batches_done):
+                batch = training_pair(batch, cfg.scale)  # float LR/HR made on the device, one batched resize
                 with accelerator.accumulate(model):
-                    loss = loss_fn(model(batch["lr"].contiguous(memory_format=memory_format)).float(), batch["hr"])
+                    with accelerator.autocast():  # the training forward only: validation runs in float32
+                        sr = model(batch["lr"].contiguous(memory_format=memory_format))
+                    loss = loss_fn(sr.float(), batch["hr"])
                     accelerator.backward(loss)
                     window += torch.stack(
                         [loss.detach().double() * len(batch["lr"]), window.new_tensor(len(batch["lr"]))]

@@ -6,9 +6,10 @@ import PIL.Image
 import pytest
 import torch
 from conftest import DATA, needs_data, read_rgb
+from torch.utils.data import DataLoader
 
 from srtrain.config import DataConfig
-from srtrain.data import DataError, TrainPatches, ValImages, load_images
+from srtrain.data import DataError, TrainPatches, ValImages, load_images, training_pair
 from srtrain.degradation import imresize, modcrop
 
 pytestmark = needs_data
@@ -75,13 +76,29 @@ def test_training_patches_are_aligned(tmp_path, scale, paired):
     patches = TrainPatches(load_images(cfg, "train"), scale, patch, repeat=4, seed=1)
     for index in range(len(patches)):
         item = patches[index]
-        lr, hr = item["lr"], item["hr"]
+        assert item["hr"].dtype == torch.uint8 and ("lr" in item) == paired  # workers only crop and flip uint8
+        pair = training_pair({key: torch.as_tensor(value)[None] for key, value in item.items()}, scale)
+        lr, hr = pair["lr"][0], pair["hr"][0]
         assert lr.shape == (3, 16, 16) and hr.shape == (3, patch, patch)
         # Downscaling the HR patch must give the LR patch away from the patch border (where the full
         # image had neighbours the patch lacks); a one-pixel shift would be off by far more than this.
         expected = imresize(hr, 1 / scale).clamp(0, 1)
         err = (expected - lr)[:, 3:-3, 3:-3].abs().max().item()
         assert err < 2 / 255, f"sample {index}: LR/HR misaligned (max error {err:.4f})"
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_batched_degradation_equals_per_sample(scale):
+    """LR made for a whole batch at once (as training does on the device) is the per-patch MATLAB bicubic."""
+    patches = TrainPatches(load_images(DataConfig(train=str(DATA / "Set14")), "train"), scale, 24 * scale, 2, seed=5)
+    batch = next(iter(DataLoader(patches, batch_size=16, shuffle=True)))
+    assert set(batch) == {"hr", "index"} and batch["hr"].dtype == torch.uint8
+    pair = training_pair(batch, scale)
+    assert pair["lr"].shape == (16, 3, 24, 24) and torch.equal(pair["index"], batch["index"])
+    for i, index in enumerate(batch["index"].tolist()):
+        hr = patches[index]["hr"].float() / 255
+        assert torch.equal(pair["hr"][i], hr)
+        assert torch.equal(pair["lr"][i], imresize(hr, 1 / scale).clamp(0, 1)), f"patch {index}"
 
 
 def test_patches_depend_only_on_seed_epoch_index():

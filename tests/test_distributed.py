@@ -33,6 +33,7 @@ import json, sys, zlib
 from pathlib import Path
 from accelerate import Accelerator
 from srtrain.config import load_config
+from srtrain.data import training_pair
 from srtrain.train import make_train_loader
 
 even, uneven, out, cases = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
@@ -44,7 +45,7 @@ for case, overrides in cases.items():
     loader = make_train_loader(load_config(overrides={**base, **overrides}), accelerator)
     loader.dataset.set_epoch(1)
     loader.set_epoch(1)
-    batches = list(loader)
+    batches = [training_pair(batch, 4) for batch in loader]
     patches = {
         int(i): zlib.crc32(lr.numpy().tobytes() + hr.numpy().tobytes())
         for batch in batches
@@ -130,7 +131,7 @@ def test_streamed_files_are_numbered_across_files_then_split(tmp_path):
     assert not seen[0].keys() & seen[1].keys()
     assert sorted(seen[0] | seen[1]) == list(range(len(whole)))
     for index, patch in (seen[0] | seen[1]).items():
-        assert torch.equal(patch["lr"], whole[index]["lr"]) and torch.equal(patch["hr"], whole[index]["hr"])
+        assert patch.keys() == whole[index].keys() == {"hr", "index"} and torch.equal(patch["hr"], whole[index]["hr"])
 
 
 def test_bad_streamed_images_are_named_as_by_the_map_style_check(tmp_path):

@@ -24,10 +24,6 @@ def test_table_lists_every_key_and_model():
         assert f"`{name}`" in table, name
 
 
-# Pages written in parallel for issues 8 and 9; until they are merged a link to them may not resolve yet.
-IN_FLIGHT = {"clusters.md", "faults.md", "performance.md"}
-
-
 def test_readme_and_docs_links_resolve_and_images_open():
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     for page in pages:
@@ -35,7 +31,7 @@ def test_readme_and_docs_links_resolve_and_images_open():
             if target.startswith(("http://", "https://")):
                 continue
             path = (page.parent / target).resolve()
-            assert path.exists() or path.name in IN_FLIGHT, f"{page.name} links {target}"
+            assert path.exists(), f"{page.name} links {target}"
             if path.suffix == ".png":
                 with PIL.Image.open(path) as image:
                     image.verify()

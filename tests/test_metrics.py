@@ -424,3 +424,20 @@ def test_fsim_rejects_bad_inputs() -> None:
         fsim(x, x[..., :19])
     with pytest.raises(ValueError, match="channels"):
         fsim(x[:, :2], x[:, :2])
+
+
+@needs_data
+@pytest.mark.parametrize("upscale", [1, 2])
+def test_float32_ssim_is_within_1e6_of_float64(upscale: int) -> None:
+    """SSIM filters in float32 for speed; on every Set14 image (and 2x upscaled, Urban100-sized ones) the
+    score must stay within 1e-6 of the same computation in float64."""
+    for path in sorted((DATA / "Set14").glob("*.png")):
+        hr = load_png(path)
+        if upscale > 1:
+            hr = imresize(hr, float(upscale))  # uint8 in, uint8 out
+        sr, hr = bicubic_pair(hr, 4)
+        y_sr, y_hr = metrics._scored_y(sr, hr, 4, "replicate")
+        assert y_sr.shape[-2] * y_sr.shape[-1] >= metrics.SSIM_FLOAT32_PIXELS  # the float32 path
+        fast, exact = metrics._ssim(y_sr, y_hr, torch.float32), metrics._ssim(y_sr, y_hr, torch.float64)
+        assert fast.item() == pytest.approx(exact.item(), abs=1e-6), path.name
+        assert ssim_y(sr, hr, 4).item() == fast.item()

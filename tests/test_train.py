@@ -203,3 +203,31 @@ def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_p
     best = max(metrics(out), key=lambda r: r["psnr_y"])
     assert result["psnr_y"] == pytest.approx(best["psnr_y"], abs=1e-9)
     assert result["ssim_y"] == pytest.approx(best["ssim_y"], abs=1e-9)
+
+
+def test_bf16_run_validates_in_fp32_like_eval_and_says_which_precision_wins(photo_folder, tmp_path):
+    """One source of truth: the job's mixed_precision beats the launcher's, and says so; bf16 is for training
+    steps only, so the logged validation score is the one `srtrain eval` (float32) gives for the checkpoint."""
+    out = tmp_path / "run"
+    launcher = [*accelerate_launch(1), str(ROOT / "srtrain" / "main.py")]
+    launcher[launcher.index("--mixed_precision") + 1] = "fp16"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    job = tiny_job(photo_folder, out, "--epochs=1", "--mixed_precision=bf16")
+    proc = subprocess.run(launcher + job, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "--mixed_precision=fp16 is ignored: the job's mixed_precision=bf16 decides" in " ".join(proc.stdout.split())
+    assert yaml.safe_load((out / "config.yaml").read_text())["mixed_precision"] == "bf16"
+    val = tmp_path / "val"
+    val.mkdir()
+    for name in ("baby", "bird"):  # the two validation images of the tiny job (max_val_images=2)
+        (val / f"{name}.png").write_bytes((DATA / "Set5" / f"{name}.png").read_bytes())
+    report = tmp_path / "eval.json"
+    subprocess.run(
+        ["srtrain", "eval", "--checkpoint", str(out), "--data", str(val), "--json", str(report)],
+        check=True,
+        timeout=300,
+    )
+    (result,) = json.loads(report.read_text())["results"]
+    (logged,) = metrics(out)
+    assert result["psnr_y"] == pytest.approx(logged["psnr_y"], abs=1e-9)
+    assert result["ssim_y"] == pytest.approx(logged["ssim_y"], abs=1e-9)

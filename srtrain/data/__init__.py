@@ -5,12 +5,22 @@ them into training patches (map-style or streamed) and validation images.
 """
 
 from srtrain.data.images import DataError, ImageSet
-from srtrain.data.patches import StreamLoader, StreamPatches, TrainPatches, ValImages, augment, random_patch
+from srtrain.data.patches import (
+    StreamLoader,
+    StreamPatches,
+    TrainPatches,
+    ValImages,
+    augment,
+    random_patch,
+    training_pair,
+)
+from srtrain.data.prepared import PreparedImages, load_prepared, prepare, verify_prepared
 from srtrain.data.sources import data_root, load_images, load_source, open_stream, resolve_path
 
 __all__ = [
     "DataError",
     "ImageSet",
+    "PreparedImages",
     "StreamLoader",
     "StreamPatches",
     "TrainPatches",
@@ -18,8 +28,12 @@ __all__ = [
     "augment",
     "data_root",
     "load_images",
+    "load_prepared",
     "load_source",
     "open_stream",
+    "prepare",
     "random_patch",
     "resolve_path",
+    "training_pair",
+    "verify_prepared",
 ]

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from srtrain.config import DataConfig
 from srtrain.data.images import DataError, ImageSet, check_image, decode_image, example_name
+from srtrain.data.prepared import PreparedImages
 from srtrain.data.sources import ID_COLUMN, open_stream
 from srtrain.degradation import imresize, modcrop
 
@@ -37,25 +38,26 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
     return zlib.crc32(f"{seed}:{epoch}:{index}".encode())
 
 
-def augment(lr: torch.Tensor, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(lr: torch.Tensor | None, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The same random flip / 90-degree rotation (the 8 dihedral transforms) applied to both images."""
     hflip, vflip, transpose = torch.randint(0, 2, (3,), generator=g).tolist()
-    if hflip:
-        lr, hr = lr.flip(-1), hr.flip(-1)
-    if vflip:
-        lr, hr = lr.flip(-2), hr.flip(-2)
-    if transpose:
-        lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
-    return lr.contiguous(), hr.contiguous()
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        x = x.flip(-1) if hflip else x
+        x = x.flip(-2) if vflip else x
+        return (x.transpose(-1, -2) if transpose else x).contiguous()
+
+    return None if lr is None else apply(lr), apply(hr)
 
 
 def random_patch(
     hr: torch.Tensor, lr: torch.Tensor | None, scale: int, patch_size: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """An aligned (LR, HR) patch pair as floats in [0, 1], at a random position, randomly flipped and rotated.
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """An aligned uint8 (LR, HR) patch pair at a random position, randomly flipped and rotated.
 
-    LR is cut from the paired LR image, else made from the HR patch by bicubic downscaling. All randomness
-    comes from `seed`, so the map-style and the streaming path draw the same patch for the same sample.
+    LR is cut from the paired LR image, else None: `training_pair` makes it from the HR patch once the batch is
+    on the device, so that loader workers only crop and flip uint8. All randomness comes from `seed`, so the
+    map-style and the streaming path draw the same patch for the same sample.
     """
     g = torch.Generator().manual_seed(seed)
     s, lr_patch = scale, patch_size // scale
@@ -63,18 +65,30 @@ def random_patch(
     lr_h, lr_w = hr.shape[-2] // s, hr.shape[-1] // s
     y = int(torch.randint(0, lr_h - lr_patch + 1, (1,), generator=g))
     x = int(torch.randint(0, lr_w - lr_patch + 1, (1,), generator=g))
-    hr_crop = hr[:, y * s : (y + lr_patch) * s, x * s : (x + lr_patch) * s].float() / 255
-    if lr is None:
-        lr_crop = imresize(hr_crop, 1 / s).clamp_(0, 1)
-    else:
-        lr_crop = lr[:, y : y + lr_patch, x : x + lr_patch].float() / 255
+    hr_crop = hr[:, y * s : (y + lr_patch) * s, x * s : (x + lr_patch) * s]
+    lr_crop = None if lr is None else lr[:, y : y + lr_patch, x : x + lr_patch]
     return augment(lr_crop, hr_crop, g)
 
 
-class TrainPatches(Dataset):
-    """`repeat` random aligned (LR, HR) patches per image per epoch, as float tensors in [0, 1]."""
+def _sample(lr: torch.Tensor | None, hr: torch.Tensor, index: int) -> dict[str, torch.Tensor | int]:
+    return {"hr": hr, "index": index} if lr is None else {"lr": lr, "hr": hr, "index": index}
 
-    def __init__(self, images: ImageSet, scale: int, patch_size: int, repeat: int, seed: int) -> None:
+
+def training_pair(batch: dict[str, torch.Tensor], scale: int) -> dict[str, torch.Tensor]:
+    """The batch with float (LR, HR) in [0, 1], its uint8 patches converted where it lies (on the device).
+
+    Without paired LR, LR is the HR patches downscaled by the MATLAB-exact bicubic in one batched call,
+    identical to downscaling each patch on its own.
+    """
+    hr = batch["hr"].float() / 255
+    lr = batch["lr"].float() / 255 if "lr" in batch else imresize(hr, 1 / scale).clamp_(0, 1)
+    return {**batch, "lr": lr, "hr": hr}
+
+
+class TrainPatches(Dataset):
+    """`repeat` random aligned uint8 (LR, HR) patches per image per epoch (HR only without paired LR)."""
+
+    def __init__(self, images: ImageSet | PreparedImages, scale: int, patch_size: int, repeat: int, seed: int) -> None:
         self.images, self.scale, self.patch_size = images, scale, patch_size
         self.repeat, self.seed, self.epoch = repeat, seed, 0
 
@@ -88,7 +102,7 @@ class TrainPatches(Dataset):
         i = index // self.repeat
         seed = _sample_seed(self.seed, self.epoch, index)
         lr, hr = random_patch(self.images.hr(i), self.images.lr(i), self.scale, self.patch_size, seed)
-        return {"lr": lr, "hr": hr, "index": index}
+        return _sample(lr, hr, index)
 
 
 def _interleave(streams: Iterable[Iterator[T]], width: int, rng: np.random.Generator) -> Iterator[T]:
@@ -175,10 +189,8 @@ class StreamPatches(IterableDataset):
         )
         for k in range(self.repeat):
             index = number * self.repeat + k
-            lr_patch, hr_patch = random_patch(
-                hr, lr, self.scale, self.patch_size, _sample_seed(self.seed, self.epoch, index)
-            )
-            yield {"lr": lr_patch, "hr": hr_patch, "index": index}
+            seed = _sample_seed(self.seed, self.epoch, index)
+            yield _sample(*random_patch(hr, lr, self.scale, self.patch_size, seed), index)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor | int]]:
         worker = get_worker_info()
@@ -228,7 +240,7 @@ class StreamLoader(DataLoaderStateMixin):
 class ValImages(Dataset):
     """Whole validation images cropped to a multiple of the scale; LR made by MATLAB bicubic on uint8."""
 
-    def __init__(self, images: ImageSet, scale: int) -> None:
+    def __init__(self, images: ImageSet | PreparedImages, scale: int) -> None:
         self.images, self.scale = images, scale
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ import PIL.Image
 
 from srtrain.config import DataConfig
 from srtrain.data.images import DataError, ImageSet
+from srtrain.data.prepared import MANIFEST, PreparedImages, is_prepared, load_prepared
 
 ID_COLUMN = "_srtrain_id"  # a streamed example's number in the source, given before shuffling and splitting
 MAX_SHARDS = 1024  # shards of a map-style source turned into a stream: the units whose order is shuffled
@@ -112,6 +113,8 @@ def load_source(spec: str, split: str, streaming: bool = False) -> datasets.Data
         return _folder_pair_dataset(hr_dir, lr_dir)
     path = resolve_path(spec)
     if path.is_dir():
+        if (path / MANIFEST).exists():
+            return load_prepared(path)
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return _pick_split(datasets.load_from_disk(str(path)), split, spec)
         for kind in ("parquet", "arrow"):
@@ -153,15 +156,18 @@ def image_columns(
     return ds, lr_column
 
 
-def load_images(cfg: DataConfig, role: Literal["train", "val"]) -> ImageSet:
+def load_images(cfg: DataConfig, role: Literal["train", "val"]) -> ImageSet | PreparedImages:
     """Open the train or val source named in the config and check its columns."""
     spec = cfg.train if role == "train" else cfg.val
     split = cfg.train_split if role == "train" else cfg.val_split
-    ds, lr_column = image_columns(_default_dataset(role) if spec == "default" else load_source(spec, split), cfg, spec)
+    ds = _default_dataset(role) if spec == "default" else load_source(spec, split)
     if role == "val" and cfg.max_val_images:
         ds = ds.select(range(min(cfg.max_val_images, len(ds))))
     if len(ds) == 0:
         raise DataError(f"'{spec}' (split '{split}') holds no images")
+    if is_prepared(ds, cfg.hr_column):
+        return PreparedImages(ds, spec, cfg.hr_column, cfg.lr_column if cfg.lr_column in ds.column_names else None)
+    ds, lr_column = image_columns(ds, cfg, spec)
     return ImageSet(ds, spec, cfg.hr_column, lr_column, cfg.cache, keep_gray=role == "val" and cfg.gray == "direct")
 
 
@@ -176,6 +182,8 @@ def open_stream(cfg: DataConfig) -> tuple[datasets.IterableDataset, int | None, 
     """
     spec, split = cfg.train, cfg.train_split
     source = _default_dataset("train") if spec == "default" else load_source(spec, split, streaming=True)
+    if is_prepared(source, cfg.hr_column):
+        raise DataError(f"'{spec}' is a prepared, memory-mapped dataset: train from it with --data.streaming=false")
     ds, lr_column = image_columns(source, cfg, spec)
     if isinstance(ds, datasets.Dataset):
         if len(ds) == 0:

@@ -1,0 +1,219 @@
+"""Training throughput of srtrain against a bare PyTorch loop, interleaved (A B A B ...) on one machine.
+
+    PYTHONPATH=. python benchmarks/throughput.py --quick      # CPU, a few minutes: 0 loader workers, 1 round
+    PYTHONPATH=. python benchmarks/throughput.py              # CPU: 0, 1, 2 loader workers, 2 rounds
+    PYTHONPATH=. python benchmarks/throughput.py --gpu        # one GPU: bf16, and bf16 + channels_last
+
+Rows, for ESPCN (tiny, data-bound) and EDSR-baseline (compute-bound), x4, batch 16, 96 px HR patches:
+- `bare loop`: forward, L1 loss, backward, Adam step on patches already in memory (the ceiling);
+- srtrain's own training loop (`srtrain/main.py`, epoch 2 of 2: epoch 1 warms up) from (a) a folder of HR
+  images, LR made on the fly; (b) HR/LR folder pairs; (c) a `srtrain prepare`d dataset; with N loader workers;
+- `pipeline only`: srtrain's loader and `training_pair`, no model.
+The data are the T91 images at least 96 px on a side (scikit-image's bundled photographs where ../shared is
+absent); LR pairs and the prepared set are made from them once.
+Each figure is the median over the rounds of patches/s in steady state; ratio = figure / bare loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+T91 = ROOT.parent / "shared" / "data" / "T91"
+VAL = ROOT.parent / "shared" / "data" / "Set5"
+SCALE, PATCH, BATCH = 4, 96, 16
+PATCHES = {"espcn": 3200, "edsr": 640}  # per timed epoch: about 10-20 s each on 2 quiet CPU cores
+
+
+def make_data(work: Path) -> dict[str, str]:
+    """The three training sources, made once: HR folder, HR/LR folder pair, prepared dataset."""
+    import numpy as np
+    import PIL.Image
+    import torch
+
+    from srtrain.config import DataConfig
+    from srtrain.data import load_images, prepare
+    from srtrain.degradation import imresize, modcrop
+
+    hr, lr, prepared = work / "hr", work / "lr", work / "prepared"
+    if not prepared.exists():
+        hr.mkdir(parents=True)
+        lr.mkdir()
+        photos = [(p.name, np.array(PIL.Image.open(p).convert("RGB"))) for p in sorted(T91.glob("*.png"))]
+        if not photos:  # no ../shared (a bare GPU machine): scikit-image's bundled photographs instead
+            bundled = load_images(DataConfig(), "train")
+            photos = [(f"{bundled.name(i)}.png", bundled.hr(i).permute(1, 2, 0).numpy()) for i in range(len(bundled))]
+        for name, array in photos:
+            if min(array.shape[:2]) < PATCH:
+                continue
+            pixels = modcrop(torch.from_numpy(array).permute(2, 0, 1), SCALE)
+            PIL.Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(hr / name)
+            PIL.Image.fromarray(imresize(pixels, 1 / SCALE).permute(1, 2, 0).numpy()).save(lr / name)
+        prepare(str(hr), prepared)
+    return {"folder": str(hr), "pairs": f"{hr},{lr}", "prepared": str(prepared)}
+
+
+def job(model: str, source: str, images: int, workers: int, extra: list[str]) -> list[str]:
+    repeat = -(-PATCHES[model] // images)  # the prepared set holds one tile per image (all are under 480 px)
+    return [
+        f"--model={model}",
+        f"--scale={SCALE}",
+        f"--patch_size={PATCH}",
+        f"--batch_size={BATCH}",
+        f"--data.train={source}",
+        f"--data.repeat={repeat}",
+        f"--data.num_workers={workers}",
+        f"--data.val={VAL if VAL.exists() else 'default'}",
+        "--data.max_val_images=1",
+        "--epochs=2",
+        "--val_every=2",
+        "--num_samples=0",
+        "--scheduler=constant",
+        *extra,
+    ]
+
+
+def srtrain_rate(args: list[str], gpu: bool) -> float:
+    """Patches/s of epoch 2 of srtrain's own loop (`srtrain/main.py`, one process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"]
+        cmd += ["--dynamo_backend", "no", str(ROOT / "srtrain" / "main.py"), *args, f"--output_dir={tmp}/run"]
+        env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"srtrain failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    return rows[-1]["patches_per_s"]
+
+
+def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int) -> float:
+    """The ceiling: the same model, batch and patch on tensors already on the device, no data pipeline."""
+    import torch
+
+    from srtrain.models import build_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(model_name, SCALE).to(device, memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    lr = torch.rand(BATCH, 3, PATCH // SCALE, PATCH // SCALE, device=device).contiguous(memory_format=fmt)
+    hr = torch.rand(BATCH, 3, PATCH, PATCH, device=device)
+    steps = patches // BATCH
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            with torch.autocast(device.type, dtype=dtype, enabled=precision == "bf16"):
+                sr = model(lr)
+            loss = torch.nn.functional.l1_loss(sr.float(), hr)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss.item()  # waits for the device
+        return steps * BATCH / (time.perf_counter() - start)
+
+    epoch()  # warm-up, as srtrain's epoch 1
+    return epoch()
+
+
+def pipeline_rate(source: str, workers: int) -> float:
+    """srtrain's loader and device-side degradation alone: patches/s with no model."""
+    import torch
+    from accelerate import Accelerator
+
+    from srtrain.config import load_config
+    from srtrain.data import training_pair
+    from srtrain.train import make_train_loader
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    overrides = {"data.train": source, "data.num_workers": workers, "data.repeat": 40}
+    loader = make_train_loader(load_config(overrides={**overrides, "scale": SCALE, "patch_size": PATCH}), accelerator)
+    for epoch in (1, 2):
+        loader.dataset.set_epoch(epoch)
+        start, patches = time.perf_counter(), 0
+        for batch in loader:
+            patches += len(training_pair(batch, SCALE)["lr"])
+    return patches / (time.perf_counter() - start)
+
+
+def child(kind: str, args: list[str]) -> float:
+    """Run one measurement in a fresh process (same conditions for every row)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+    out = subprocess.run([sys.executable, __file__, "--child", kind, *args], env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(out.stderr[-3000:])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", action="store_true", help="on a CUDA device: bf16, and bf16 + channels_last")
+    p.add_argument("--quick", action="store_true", help="0 loader workers, one round, a quarter of the patches")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--models", default="espcn,edsr")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "srtrain_throughput")
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "bare":
+            print(bare_rate(rest[0], rest[1], rest[2] == "1", int(rest[3])))
+        else:
+            print(pipeline_rate(rest[0], int(rest[1])))
+        return
+    import torch
+
+    if args.quick:
+        PATCHES.update({model: n // 4 for model, n in PATCHES.items()})
+    sources = make_data(args.work)
+    images = len(list(Path(sources["folder"]).glob("*.png")))
+    workers = (0,) if args.quick else (0, 1, 2)
+    rounds = 1 if args.quick else args.rounds
+    precisions = [("bf16", False), ("bf16", True)] if args.gpu else [("no", False)]
+    precisions = precisions[-1:] if args.quick else precisions
+    rows: dict[tuple, list[float]] = {}
+    for _ in range(rounds):  # interleaved: every variant once per round
+        for model in args.models.split(","):
+            for precision, cl in precisions:
+                extra = [f"--mixed_precision={precision}", f"--channels_last={str(cl).lower()}"]
+                tag = precision + (" + channels_last" if cl else "")
+                rows.setdefault((model, tag, "bare loop", "-"), []).append(
+                    child("bare", [model, precision, str(int(cl)), str(PATCHES[model])])
+                )
+                for mode, source in sources.items():
+                    for w in workers:
+                        rate = srtrain_rate(job(model, source, images, w, extra), args.gpu)
+                        rows.setdefault((model, tag, f"srtrain, {mode}", str(w)), []).append(rate)
+        for mode, source in sources.items():
+            for w in workers:
+                rows.setdefault(("-", "-", f"pipeline only, {mode}", str(w)), []).append(
+                    child("pipe", [source, str(w)])
+                )
+    device = torch.cuda.get_device_name() if args.gpu else f"{platform.processor() or platform.machine()} CPU"
+    stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    print(f"\n{stamp}; {device}, {os.cpu_count()} cores; torch {torch.__version__}")
+    print(f"threads {os.environ.get('OMP_NUM_THREADS', os.cpu_count())}; command: python {' '.join(sys.argv)}\n")
+    print("| model | precision | run | loader workers | patches/s | ratio to bare loop |")
+    print("|---|---|---|---|---|---|")
+    for (model, tag, run, w), rates in rows.items():
+        rate = statistics.median(rates)
+        bare = rows.get((model, tag, "bare loop", "-"))
+        ratio = f"{rate / statistics.median(bare):.2f}" if bare and model != "-" else "-"
+        print(f"| {model} | {tag} | {run} | {w} | {rate:.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

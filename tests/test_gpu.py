@@ -1,0 +1,101 @@
+"""On a CUDA device: training in fp32, bf16 and fp16 (loss scaling), eval and degradation equal to the CPU's.
+
+Skipped without CUDA. On a GPU machine, from a plain checkout: `PYTHONPATH=. python -m pytest -q -m gpu`.
+The data are the photographs bundled with scikit-image (the `default` source), so ../shared need not exist.
+"""
+
+import json
+import os
+import subprocess
+
+import PIL.Image
+import pytest
+import torch
+from conftest import ROOT, accelerate_launch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from srtrain.config import DataConfig
+from srtrain.data import TrainPatches, load_images, training_pair
+from srtrain.models import build_model
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+
+
+def run(cmd: list[str], cwd, env=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env or ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def job(out, *extra: str) -> list[str]:
+    return [
+        str(ROOT / "srtrain" / "main.py"),
+        "--data.train=default",
+        "--data.val=default",
+        "--data.repeat=24",
+        "--batch_size=16",
+        "--patch_size=96",
+        "--model=espcn",
+        "--lr=0.002",
+        "--epochs=2",
+        "--num_samples=1",
+        "--scheduler=constant",
+        f"--output_dir={out}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
+def test_training_on_cuda(precision, tmp_path):
+    out = tmp_path / "run"
+    proc = run([*accelerate_launch(1), *job(out, f"--mixed_precision={precision}")], tmp_path)
+    assert "on cuda" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["psnr_y"] > 20
+    scaler = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=False)["scaler"]
+    if precision == "fp16":  # loss scaling on: the scaler's state is saved, its scale a power of two
+        assert scaler is not None and scaler["scale"] > 1
+    else:
+        assert scaler is None
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpus_train_in_sync(tmp_path):
+    out = tmp_path / "run"
+    proc = run([*accelerate_launch(2), *job(out, "--mixed_precision=bf16")], tmp_path)
+    assert "weights identical on all 2 processes" in proc.stdout
+
+
+def test_eval_on_cuda_equals_cpu(tmp_path):
+    images = load_images(DataConfig(), "val")
+    for i in range(len(images)):
+        PIL.Image.fromarray(images.hr(i).permute(1, 2, 0).numpy()).save(tmp_path / f"{images.name(i)}.png")
+    torch.manual_seed(0)
+    weights = tmp_path / "espcn.safetensors"
+    save_file(build_model("espcn", 4).state_dict(), str(weights))
+    results = {}
+    for device, visible in (("cuda", os.environ.get("CUDA_VISIBLE_DEVICES", "0")), ("cpu", "")):
+        report = tmp_path / f"{device}.json"
+        cmd = ["python", "-m", "srtrain", "eval", "--model", "espcn", "--weights", str(weights), "--scale", "4"]
+        cmd += ["--data", str(tmp_path), "--json", str(report)]
+        run(cmd, tmp_path, {**ENV, "CUDA_VISIBLE_DEVICES": visible})
+        results[device] = json.loads(report.read_text())["results"][0]["per_image"]
+    for gpu, cpu in zip(results["cuda"], results["cpu"], strict=True):
+        assert gpu["name"] == cpu["name"]
+        assert gpu["psnr_y"] == pytest.approx(cpu["psnr_y"], abs=0.01), gpu["name"]
+        assert gpu["ssim_y"] == pytest.approx(cpu["ssim_y"], abs=1e-4), gpu["name"]
+
+
+def test_batched_degradation_on_cuda_equals_cpu():
+    patches = TrainPatches(load_images(DataConfig(), "train"), 4, 96, 4, seed=0)
+    batch = next(iter(DataLoader(patches, batch_size=32)))
+    cpu = training_pair(batch, 4)
+    gpu = training_pair({k: v.cuda() for k, v in batch.items()}, 4)
+    assert torch.equal(gpu["hr"].cpu(), cpu["hr"])
+    assert torch.allclose(gpu["lr"].cpu(), cpu["lr"], atol=1e-6, rtol=0)
