@@ -97,5 +97,7 @@ def test_batched_degradation_on_cuda_equals_cpu():
     batch = next(iter(DataLoader(patches, batch_size=32)))
     cpu = training_pair(batch, 4)
     gpu = training_pair({k: v.cuda() for k, v in batch.items()}, 4)
-    assert torch.equal(gpu["hr"].cpu(), cpu["hr"])
+    # uint8 -> float differs by one float32 ulp between the devices (measured on an H100: 5.96e-8 for HR,
+    # 2.4e-7 for LR), so "equal" here means within 1e-6, far below one uint8 level (3.9e-3).
+    assert torch.allclose(gpu["hr"].cpu(), cpu["hr"], atol=1e-6, rtol=0)
     assert torch.allclose(gpu["lr"].cpu(), cpu["lr"], atol=1e-6, rtol=0)
