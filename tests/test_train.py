@@ -186,12 +186,11 @@ def test_time_budget_stops_training(photo_folder, tmp_path):
     assert row["epoch"] < 10000 and row["train_minutes"] >= 0.05
 
 
-def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_path):
-    """Training validation and `srtrain eval` share one code path: same weights, same images, same PSNR-Y."""
-    out, _ = full_run
+def eval_on_tiny_val(out: Path, tmp_path: Path) -> dict:
+    """`srtrain eval` of run `out`'s best checkpoint on the tiny job's two validation images (max_val_images=2)."""
     val = tmp_path / "val"
     val.mkdir()
-    for name in ("baby", "bird"):  # the two validation images of the tiny job (max_val_images=2)
+    for name in ("baby", "bird"):
         (val / f"{name}.png").write_bytes((DATA / "Set5" / f"{name}.png").read_bytes())
     report = tmp_path / "eval.json"
     subprocess.run(
@@ -200,6 +199,13 @@ def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_p
         timeout=300,
     )
     (result,) = json.loads(report.read_text())["results"]
+    return result
+
+
+def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_path):
+    """Training validation and `srtrain eval` share one code path: same weights, same images, same PSNR-Y."""
+    out, _ = full_run
+    result = eval_on_tiny_val(out, tmp_path)
     best = max(metrics(out), key=lambda r: r["psnr_y"])
     assert result["psnr_y"] == pytest.approx(best["psnr_y"], abs=1e-9)
     assert result["ssim_y"] == pytest.approx(best["ssim_y"], abs=1e-9)
@@ -217,17 +223,7 @@ def test_bf16_run_validates_in_fp32_like_eval_and_says_which_precision_wins(phot
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "--mixed_precision=fp16 is ignored: the job's mixed_precision=bf16 decides" in " ".join(proc.stdout.split())
     assert yaml.safe_load((out / "config.yaml").read_text())["mixed_precision"] == "bf16"
-    val = tmp_path / "val"
-    val.mkdir()
-    for name in ("baby", "bird"):  # the two validation images of the tiny job (max_val_images=2)
-        (val / f"{name}.png").write_bytes((DATA / "Set5" / f"{name}.png").read_bytes())
-    report = tmp_path / "eval.json"
-    subprocess.run(
-        ["srtrain", "eval", "--checkpoint", str(out), "--data", str(val), "--json", str(report)],
-        check=True,
-        timeout=300,
-    )
-    (result,) = json.loads(report.read_text())["results"]
+    result = eval_on_tiny_val(out, tmp_path)
     (logged,) = metrics(out)
     assert result["psnr_y"] == pytest.approx(logged["psnr_y"], abs=1e-9)
     assert result["ssim_y"] == pytest.approx(logged["ssim_y"], abs=1e-9)

@@ -155,17 +155,26 @@ class ImageSet:
             raise DataError(bad[0][1] + more + "; or set data.skip_bad=true to train without them")
 
     def without_bad(self, scale: int, min_hr: int, fix: str, max_fraction: float) -> tuple[ImageSet, list[str]]:
-        """This set minus its bad images, and a message per image skipped; fails when more than `max_fraction`
-        of the images are bad (a wrong folder or scale, not a few broken files)."""
+        """This set minus its bad images, and a message per image skipped (see `good_rows`)."""
         bad = self.problems(scale, min_hr, fix)
-        if len(bad) > max_fraction * len(self):
-            raise DataError(
-                f"{len(bad)} of {len(self)} images in '{self.source}' are bad, more than data.max_bad_fraction="
-                f"{max_fraction:g}; the first: {bad[0][1]}"
-            )
-        if not bad:
+        kept = good_rows(bad, len(self), max_fraction, f"images in '{self.source}'")
+        if kept is None:
             return self, []
-        skipped = {i for i, _ in bad}
-        kept = self.dataset.select([i for i in range(len(self)) if i not in skipped])
-        rest = ImageSet(kept, self.source, self.hr_column, self.lr_column, self.cache, self.keep_gray)
+        rest = ImageSet(
+            self.dataset.select(kept), self.source, self.hr_column, self.lr_column, self.cache, self.keep_gray
+        )
         return rest, [message for _, message in bad]
+
+
+def good_rows(bad: list[tuple[int, str]], total: int, max_fraction: float, what: str) -> list[int] | None:
+    """The rows to keep when `bad` are skipped (None: nothing to skip); fails when more than `max_fraction` of
+    them are bad, which means a wrong folder or scale rather than a few broken files."""
+    if len(bad) > max_fraction * total:
+        raise DataError(
+            f"{len(bad)} of {total} {what} are bad, more than data.max_bad_fraction={max_fraction:g}; "
+            f"the first: {bad[0][1]}"
+        )
+    if not bad:
+        return None
+    skipped = {i for i, _ in bad}
+    return [i for i in range(total) if i not in skipped]

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from srtrain.data.images import DataError, decode_image, example_name
+from srtrain.data.images import DataError, decode_image, example_name, good_rows
 from srtrain.degradation import imresize, modcrop
 
 MANIFEST = "srtrain_prepared.json"
@@ -302,13 +302,8 @@ class PreparedImages:
     def without_bad(self, scale: int, min_hr: int, fix: str, max_fraction: float) -> tuple[PreparedImages, list[str]]:
         """As `ImageSet.without_bad`: these tiles minus the too small ones, and a message per tile skipped."""
         bad = self.problems(scale, min_hr, fix)
-        if len(bad) > max_fraction * len(self):
-            raise DataError(
-                f"{len(bad)} of {len(self)} tiles in '{self.source}' are bad, more than data.max_bad_fraction="
-                f"{max_fraction:g}; the first: {bad[0][1]}"
-            )
-        if not bad:
+        kept = good_rows(bad, len(self), max_fraction, f"tiles in '{self.source}'")
+        if kept is None:
             return self, []
-        skipped = {i for i, _ in bad}
-        kept = self.dataset.select([i for i in range(len(self)) if i not in skipped])
-        return PreparedImages(kept, self.source, self.hr_column, self.lr_column), [message for _, message in bad]
+        rest = PreparedImages(self.dataset.select(kept), self.source, self.hr_column, self.lr_column)
+        return rest, [message for _, message in bad]
