@@ -303,6 +303,7 @@ def report_main(argv: list[str]) -> int:
     project = args.wandb_project or online_project(runs)
     if project:
         Console().print(f"leaderboard logged to W&B project {project}, run {log_leaderboard(runs, project)}")
+    return 0
 
 
 def prepare_main(argv: list[str]) -> int:

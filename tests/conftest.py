@@ -18,6 +18,16 @@ os.environ.setdefault("SRTRAIN_DATA", str(DATA))  # jobs name data sets relative
 os.environ.pop("WANDB_API_KEY", None)
 
 
+@pytest.fixture(autouse=True)
+def no_environment_leaks():
+    """W&B used in-process (the sweep agent test, the report's W&B Table) exports its service's socket as
+    WANDB_SERVICE; once that service is gone, every later training subprocess would fail to start W&B."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now, so that concurrent test runs never share accelerate's default 29500."""
     with socket.socket() as s:
