@@ -45,6 +45,8 @@ def train_main(argv: list[str]) -> int:
 
         print(USAGE + "\nconfiguration keys (--key=value; docs/configuration.md):\n\n" + key_table())
         return 0
+    import torch.distributed as dist
+
     from srtrain.checkpoint import CheckpointError
     from srtrain.models.weights import WeightsError
     from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume
@@ -60,6 +62,11 @@ def train_main(argv: list[str]) -> int:
     except StoppedToResume as stop:
         Console(stderr=True).print(f"[bold yellow]srtrain:[/] {stop}", highlight=False, soft_wrap=True)
         return EXIT_RESUMABLE
+    finally:
+        # every rank, on every way out: a gloo/NCCL group left to the interpreter's exit can abort the process
+        # ("terminate called without an active exception", seen with 2 CPU processes)
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -145,7 +145,8 @@ class Tracker:
         if not self.accelerator.is_main_process:
             return
         if self.use_wandb:
-            self.accelerator.end_training()
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
             if self.mode == "offline":
                 console.print(
                     f"W&B ran offline; upload later with: wandb sync {self.out_dir / 'wandb'}/offline-run-*",
