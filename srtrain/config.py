@@ -351,8 +351,3 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config so that a run directory says exactly what produced it."""
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
