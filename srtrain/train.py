@@ -182,6 +182,8 @@ class Job:
     tracker: Tracker
     run: RunDir
     config_yaml: str
+    train_loader: DataLoader | StreamLoader
+    memory_format: torch.memory_format
     val_loader: DataLoader
     val_set: ValImages
     bicubic_psnr_y: float
@@ -316,8 +318,9 @@ def progress_bar(epoch: int, cfg: Config, main: bool) -> Progress:
     )
 
 
-def train(cfg: Config) -> dict[str, float]:
-    """Run one job; return the final summary (best and last PSNR-Y, bicubic PSNR-Y)."""
+def start_job(cfg: Config) -> Job:
+    """Everything before the first step: launch checks, the run directory (new, or resumed from its checkpoint),
+    data, model, optimizer, tracker, and the bicubic baseline every epoch is compared with."""
     accelerator = make_accelerator(cfg)
     stopper = Stopper(cfg.time_budget_min * 60)
     stopper.install()
@@ -368,20 +371,6 @@ def train(cfg: Config) -> dict[str, float]:
         tracker.log_epoch(cut_off_row, state.epoch, state.step, state.step_values)
     stopper.update(False, state.train_seconds)
     state.global_batch = global_batch
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if main:
-        budget = f"{cfg.time_budget_min:g} min budget" if stopper.budget_s else f"{cfg.epochs * steps_per_epoch} steps"
-        for problem in run.skipped:
-            console.print(f"[bold yellow]warning:[/] damaged checkpoint passed over: {problem}")
-        console.print(
-            f"[bold]srtrain[/] {cfg.model.name} x{cfg.scale}: {n_params:,} parameters, "
-            f"{len(train_loader.dataset.images)} train / {len(val_images)} val images, "
-            f"{accelerator.num_processes} process(es) "
-            f"on {accelerator.device}, batch {cfg.batch_size}/process x {accelerator.num_processes} x "
-            f"{cfg.grad_accum} accumulation = {global_batch} global, lr {cfg.lr}, {cfg.mixed_precision} precision, "
-            f"{budget}, run dir {run.path}"
-            + (f", resuming from epoch {state.epoch} step {state.step} ({run.ckpt})" if run.ckpt else "")
-        )
     bicubic = evaluate(
         build_model("bicubic", cfg.scale).to(accelerator.device), val_loader, accelerator, cfg.scale, gray=cfg.data.gray
     )
@@ -396,41 +385,88 @@ def train(cfg: Config) -> dict[str, float]:
         tracker,
         run,
         config_yaml,
+        train_loader,
+        memory_format,
         val_loader,
         val_set,
         bicubic["psnr_y"].mean().item(),
         cfg.epochs * steps_per_epoch,
         saved_at_s=state.train_seconds,
     )
+    if main:
+        announce(job, len(val_images))
+    return job
+
+
+def announce(job: Job, val_count: int) -> None:
+    """The run's one-line summary: model, data, processes, batch, precision, length, where it writes."""
+    cfg, acc, run, state = job.cfg, job.accelerator, job.run, job.state
+    n_params = sum(p.numel() for p in job.model.parameters() if p.requires_grad)
+    length = f"{cfg.time_budget_min:g} min budget" if job.stopper.budget_s else f"{job.total_steps} steps"
+    for problem in run.skipped:
+        console.print(f"[bold yellow]warning:[/] damaged checkpoint passed over: {problem}")
+    console.print(
+        f"[bold]srtrain[/] {cfg.model.name} x{cfg.scale}: {n_params:,} parameters, "
+        f"{len(job.train_loader.dataset.images)} train / {val_count} val images, {acc.num_processes} process(es) "
+        f"on {acc.device}, batch {cfg.batch_size}/process x {acc.num_processes} x {cfg.grad_accum} accumulation = "
+        f"{state.global_batch} global, lr {cfg.lr}, {cfg.mixed_precision} precision, {length}, run dir {run.path}"
+        + (f", resuming from epoch {state.epoch} step {state.step} ({run.ckpt})" if run.ckpt else "")
+    )
+
+
+def finish_job(job: Job, last: dict[str, float]) -> dict[str, float]:
+    """Close the tracker, print the verdict against bicubic, return the run's summary."""
+    state, acc = job.state, job.accelerator
+    job.tracker.finish()
+    if acc.is_main_process:
+        final = last.get("psnr_y", state.best_psnr_y)
+        same = f"weights identical on all {acc.num_processes} processes; " if acc.num_processes > 1 else ""
+        console.print(
+            f"[bold]done[/]: final val PSNR-Y {final:.2f} dB vs bicubic {job.bicubic_psnr_y:.2f} dB "
+            f"({final - job.bicubic_psnr_y:+.2f} dB); best {state.best_psnr_y:.2f} dB at epoch {state.best_epoch}; "
+            f"{same}checkpoints in {job.run.path / 'checkpoints'}"
+        )
+    return {
+        "best_psnr_y": state.best_psnr_y,
+        "best_epoch": state.best_epoch,
+        "bicubic_psnr_y": job.bicubic_psnr_y,
+        **{f"final_{k}": v for k, v in last.items()},
+    }
+
+
+def train(cfg: Config) -> dict[str, float]:
+    """Run one job; return the final summary (best and last PSNR-Y, bicubic PSNR-Y)."""
+    job = start_job(cfg)
+    acc, model, state, stopper, loader = job.accelerator, job.model, job.state, job.stopper, job.train_loader
     last: dict[str, float] = {}
-    window = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, patches of this step
+    window = torch.zeros(2, device=acc.device, dtype=torch.float64)  # loss sum, patches of this step
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if stopper.out_of_time():
             break
         model.train()
         job.clock0, epoch_began = time.perf_counter() - state.train_seconds, state.train_seconds - state.epoch_seconds
-        with progress_bar(epoch, cfg, main) as bar:
-            task = bar.add_task("train", total=len(train_loader), completed=state.batches_done, loss=float("nan"))
-            for batch in epoch_batches(train_loader, epoch, state.batches_done):
+        with progress_bar(epoch, cfg, acc.is_main_process) as bar:
+            task = bar.add_task("train", total=len(loader), completed=state.batches_done, loss=float("nan"))
+            for batch in epoch_batches(loader, epoch, state.batches_done):
                 batch = training_pair(batch, cfg.scale)  # float LR/HR made on the device, one batched resize
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():  # the training forward only: validation runs in float32
-                        sr = model(batch["lr"].contiguous(memory_format=memory_format))
-                    loss = loss_fn(sr.float(), batch["hr"])
-                    accelerator.backward(loss)
+                with acc.accumulate(model):
+                    with acc.autocast():  # the training forward only: validation runs in float32
+                        sr = model(batch["lr"].contiguous(memory_format=job.memory_format))
+                    loss = job.loss_fn(sr.float(), batch["hr"])
+                    acc.backward(loss)
                     window += torch.stack(
                         [loss.detach().double() * len(batch["lr"]), window.new_tensor(len(batch["lr"]))]
                     )
                     state.batches_done += 1
-                    if not accelerator.sync_gradients:
+                    if not acc.sync_gradients:
                         continue
                     step_loss = finish_step(job, window)
                     window.zero_()
                 state.epoch_seconds = state.train_seconds - epoch_began
-                epoch_done = state.batches_done == len(train_loader)
+                epoch_done = state.batches_done == len(loader)
                 bar.update(task, completed=state.batches_done, loss=step_loss)
-                state.step_values = {"train/loss": step_loss, "train/lr": optimizer.param_groups[0]["lr"]}
-                tracker.log_step(state.step, state.step_values, commit=not (epoch_done or stopper.out_of_time()))
+                state.step_values = {"train/loss": step_loss, "train/lr": job.optimizer.param_groups[0]["lr"]}
+                job.tracker.log_step(state.step, state.step_values, commit=not (epoch_done or stopper.out_of_time()))
                 if stopper.stop_now():
                     break
                 if checkpoint_due(job) and not epoch_done:
@@ -441,24 +477,4 @@ def train(cfg: Config) -> dict[str, float]:
         last = end_epoch(job, epoch, validate) or last
         if stopper.agreed_signal and epoch != cfg.epochs:
             stop_to_resume(job)
-
-    tracker.finish()
-    summary = {
-        "best_psnr_y": state.best_psnr_y,
-        "best_epoch": state.best_epoch,
-        "bicubic_psnr_y": job.bicubic_psnr_y,
-        **{f"final_{k}": v for k, v in last.items()},
-    }
-    if main:
-        final = last.get("psnr_y", state.best_psnr_y)
-        console.print(
-            f"[bold]done[/]: final val PSNR-Y {final:.2f} dB vs bicubic {job.bicubic_psnr_y:.2f} dB "
-            f"({final - job.bicubic_psnr_y:+.2f} dB); best {state.best_psnr_y:.2f} dB at epoch {state.best_epoch}; "
-            + (
-                f"weights identical on all {accelerator.num_processes} processes; "
-                if accelerator.num_processes > 1
-                else ""
-            )
-            + f"checkpoints in {run.path / 'checkpoints'}"
-        )
-    return summary
+    return finish_job(job, last)
