@@ -32,12 +32,15 @@ launch_flags() {
 # A file named on the sbatch line, relative to the submit directory (the job may run elsewhere: sbatch --chdir).
 submit_path() { if [[ $1 = /* ]]; then echo "$1"; else echo "$SLURM_SUBMIT_DIR/$1"; fi; }
 
-# The training arguments: `JOB.yaml --key=value ...` becomes JOB_ARGS=(--config /path/JOB.yaml --key=value ...).
+# The training arguments: `JOB.yaml --key=value ...` becomes JOB_ARGS=(--config /path/JOB.yaml --key=value ...),
+# checked before anything launches: a configuration error ends the job with status 2 and one line (the launcher
+# would turn it into status 1 and a traceback, after the allocation's start-up).
 job_args() {
   JOB_ARGS=("$@")
   if [ $# -gt 0 ] && [[ $1 != --* ]]; then
     JOB_ARGS=(--config "$(submit_path "$1")" "${@:2}")
   fi
+  python -m srtrain check-config "${JOB_ARGS[@]}"
 }
 
 # Run "$@" in the background and wait for it; DEPTH says where the training processes sit below it: 0 the command

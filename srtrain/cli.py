@@ -27,6 +27,7 @@ USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --sec
   upscale super-resolve image files: srtrain upscale IN... -o OUT (--checkpoint RUN | --model NAME --weights F)
   report  compare runs: srtrain report RUN_DIR... -o DIR writes report.md with curves and crop comparisons
   models  list the model zoo: parameters, multiply-adds, latency on this machine (srtrain models -h)
+  check-config  validate a job's configuration without training (what slurm/ scripts run first)
   check-data  scan a data source as training does, listing unusable images (srtrain check-data -h)
   sweep   list, check, run or submit (SLURM array) the points of a W&B grid sweep YAML (srtrain sweep -h)
 """
@@ -67,6 +68,18 @@ def train_main(argv: list[str]) -> int:
         # ("terminate called without an active exception", seen with 2 CPU processes)
         if dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def check_config_main(argv: list[str]) -> int:
+    """Validate a job as training does, without starting it: `accelerate launch` turns every error of its
+    workers into its own status 1 and a traceback, so batch scripts run this first and stop with 2 and one line."""
+    try:
+        config_file, overrides = parse_overrides(argv)
+        cfg = load_config(config_file, overrides)
+    except ConfigError as err:
+        return _error(err)
+    Console().print(f"configuration valid: {cfg.model.name} x{cfg.scale}, {cfg.epochs} epochs", highlight=False)
     return 0
 
 
@@ -379,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_data_main(argv[1:])
         except DataError as err:
             return _error(err)
+    if argv and argv[0] == "check-config":
+        return check_config_main(argv[1:])
     if argv and argv[0] == "sweep":
         return sweep_main(argv[1:])
     if argv and argv[0] == "upscale":

@@ -1,10 +1,12 @@
 """Configuration: YAML + overrides, typed and validated before anything heavy starts."""
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import accelerate_launch
 
 from srtrain.config import ConfigError, load_config, parse_overrides
 
@@ -83,6 +85,20 @@ def test_command_line_error_exits_before_training(tmp_path):
     )
     assert proc.returncode == 2
     assert "did you mean 'lr'" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_config_validates_without_training(tmp_path):
+    """What slurm/ scripts run before `accelerate launch`, which turns a worker's status 2 into its own 1 and adds
+    a traceback (asserted here, so a launcher that starts passing statuses on shows up)."""
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    check = [sys.executable, "-m", "srtrain", "check-config", "--config", str(ROOT / "jobs" / "quick.yaml")]
+    bad = run([*check, "--lr=0"])
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: lr must be a positive number, got 0.0"
+    good = run(check)
+    assert good.returncode == 0 and "configuration valid: espcn x4" in good.stdout
+    launched = run([*accelerate_launch(1), str(ROOT / "srtrain" / "main.py"), "--lr=0"])
+    assert launched.returncode == 1 and "error: lr must be a positive number, got 0.0" in launched.stderr
     assert not (tmp_path / "runs").exists()
 
 

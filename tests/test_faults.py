@@ -101,14 +101,15 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(reference, photo_folder, 
     assert final == list(range(resumed_at + 1, STEPS + 1))
 
 
-def test_signal_stop_and_requeue_through_the_launcher(reference, photo_folder, tmp_path):
-    """SIGTERM to `accelerate launch` (1 process: the launcher dies, the trainer hears of it by PDEATHSIG) stops
-    the trainer at the current step with a checkpoint, the marker and exit 75; no process is left; the resumed
-    run ends bit-identical to the uninterrupted one."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_stop_and_requeue_through_the_launcher(reference, photo_folder, tmp_path, sig):
+    """SIGTERM or SIGUSR1 to `accelerate launch` (1 process: the launcher dies by it at once, the trainer hears of
+    it by PDEATHSIG, as SIGTERM) stops the trainer at the current step with a checkpoint, the marker and exit 75;
+    no process is left; the resumed run ends bit-identical to the uninterrupted one."""
     out = tmp_path / "run"
     worker, launcher = paused_launch(1, job(photo_folder, out), tmp_path, "pause:step:3")
-    launcher.send_signal(signal.SIGTERM)
-    launcher.wait(timeout=60)
+    launcher.send_signal(sig)
+    assert launcher.wait(timeout=60) == -sig
     wait_gone(worker)
     stopped = json.loads((out / STOPPED_FILE).read_text())
     assert stopped["exit_code"] == EXIT_RESUMABLE and stopped["signal"] == "SIGTERM" and stopped["step"] == 3
@@ -120,17 +121,20 @@ def test_signal_stop_and_requeue_through_the_launcher(reference, photo_folder, t
     assert_identical(out, reference)
 
 
-def test_two_processes_stop_together_on_a_signal(reference, photo_folder, tmp_path):
-    """2 processes: the launcher forwards SIGUSR1 (with PET_SIGNALS_TO_HANDLE, as docs/faults.md says), both ranks
-    agree in the step's collective, one checkpoint, the marker; the launcher itself exits 1 (torchrun's agent
-    raises on the signal). Resumed, the run matches 1 process within float tolerance."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_two_processes_stop_together_on_a_signal(reference, photo_folder, tmp_path, sig):
+    """2 processes: the launcher forwards SIGTERM (and SIGUSR1 with PET_SIGNALS_TO_HANDLE, as docs/faults.md says),
+    both ranks agree in the step's collective, one checkpoint, the marker; the launcher itself exits 1 (torchrun's
+    agent raises on the signal) after its workers, leaving none. Resumed, the run matches 1 process within float
+    tolerance."""
     out = tmp_path / "run"
     args = job(photo_folder, out, "--batch_size=4")
     worker, launcher = paused_launch(2, args, tmp_path, "pause:step:5")
-    launcher.send_signal(signal.SIGUSR1)
+    launcher.send_signal(sig)
     assert launcher.wait(timeout=120) == 1
     wait_gone(worker)
-    assert launcher.stderr.read().count("srtrain: stopped by SIGUSR1 at step 5") == 2  # both ranks, 75 each
+    stopped = f"srtrain: stopped by {signal.Signals(sig).name} at step 5"
+    assert launcher.stderr.read().count(stopped) == 2  # both ranks, 75 each
     assert json.loads((out / STOPPED_FILE).read_text())["step"] == 5
     assert read_state(out / "checkpoints" / "last").step == 5
     env = {**os.environ, "WANDB_MODE": "disabled", "ACCELERATE_USE_CPU": "1", "SRTRAIN_FAULT": ""}

@@ -109,6 +109,16 @@ def test_train_sbatch(slurm, photo_folder, tmp_path):
     assert "SLURM_RESTART_COUNT=0" in text and "1 process(es) on cpu" in text
 
 
+def test_configuration_error_ends_the_job_with_2_and_one_line(slurm, photo_folder, tmp_path):
+    """Checked before the launcher starts (which would exit 1 with its own traceback): status 2, one line."""
+    job = sbatch(slurm, tmp_path, "slurm/train.sbatch", "jobs/quick.yaml", *tiny(photo_folder, "--lr=-1"))
+    (task,) = wait_done(slurm, job)
+    text = log(tmp_path, job)
+    assert (task["JobState"], task["ExitCode"]) == ("FAILED", "2:0"), text[-3000:]
+    assert "error: lr must be a positive number, got -1.0" in text and "Traceback" not in text
+    assert not (tmp_path / "runs").exists()
+
+
 def test_multinode_sbatch_one_ddp_job_over_two_nodes(slurm, photo_folder, tmp_path):
     job = sbatch(slurm, tmp_path, "slurm/multinode.sbatch", "jobs/quick.yaml", *tiny(photo_folder, "--epochs=2"))
     (task,) = wait_done(slurm, job)
