@@ -3,8 +3,10 @@ tests are deterministic rather than timed. Not for users; unset, it costs one st
 
 POINT (with N): `step` (after optimizer step N), `checkpoint` (in the write of the checkpoint at step N, after the
 weights file, before the rest), `validation` (in epoch N's validation), `epoch_end` (after epoch N's checkpoint,
-before its metrics line). ACTION: `kill` (SIGKILL, as the OOM killer does), `enospc` (the write fails as on a
-full disk), `pause` (write `fault_ready` in the working directory, then wait for a stop signal: the test sends one).
+before its W&B log and metrics line), `after_log` (right after epoch N's row is logged to W&B, before its metrics
+line: within W&B's file flush interval). ACTION: `kill` (SIGKILL, as the OOM killer does), `enospc` (the write
+fails as on a full disk), `pause` (write `fault_ready` in the working directory, then wait for a stop signal: the
+test sends one).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """One run, one directory: which directory and checkpoint a job uses, the lock that keeps out a second writer,
-the refusal to write into another run, and the repairs a resume makes after a kill (metrics.jsonl, `best`).
+the refusal to write into another run, and the repairs a resume makes after a kill (metrics.jsonl, `best`, the
+epoch rows a killed segment's W&B file lost).
 
 A run directory holds `config.yaml` (written once, by the run that created it), `metrics.jsonl`, `samples/`,
 `checkpoints/{last,best}`, `wandb/` and, while a process trains in it, a lock on `.lock`.
@@ -7,9 +8,13 @@ A run directory holds `config.yaml` (written once, by the run that created it), 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,9 +26,11 @@ from accelerate.utils import broadcast_object_list
 from srtrain.checkpoint import TrainState, checkpoint_problem, copy_checkpoint, is_checkpoint, read_state
 from srtrain.config import Config, ConfigError
 from srtrain.stopping import STOPPED_FILE
-from srtrain.tracking import agent_run_dir
+from srtrain.tracking import agent_run_dir, console
 
 LOCK_FILE = ".lock"
+WANDB_EPOCHS = "srtrain-epochs.json"  # in OUTPUT_DIR/wandb: the epoch rows each finished W&B segment holds
+WRITER_WAIT_S = 120  # the longest a resume waits for a killed trainer's W&B service to let go of its file
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "samples", "wandb")
 # Keys a resume may change: how long to train, where to log and read data, how often to save or validate.
 RESUMABLE_CHANGES = {
@@ -191,15 +198,17 @@ def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     return RunDir(out_dir, ckpt, continues, skipped, lock)
 
 
-def repair_after_kill(run: RunDir, state: TrainState) -> dict[str, float]:
+def repair_after_kill(run: RunDir, state: TrainState, use_wandb: bool) -> list[dict[str, Any]]:
     """Make the directory agree with the checkpoint resumed (main process): metrics.jsonl keeps each finished
-    epoch once, and only those the checkpoint has; `best` is the best epoch's checkpoint (a kill may have come
-    before its copy); no stale stop marker. Returns the resumed epoch's row when a kill came before its metrics
-    line (and so before its W&B commit): the caller logs it."""
+    epoch once, and only those the checkpoint has (its own row is added when a kill came before its metrics line);
+    `best` is the best epoch's checkpoint (a kill may have come before its copy); no stale stop marker. Returns
+    the rows of metrics.jsonl (with their `step`) that none of the run's W&B segments holds: the caller logs them."""
     (run.path / STOPPED_FILE).unlink(missing_ok=True)
     metrics = run.path / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     kept = {r["epoch"]: r for r in reversed(rows) if r["epoch"] <= state.epoch}
+    if state.epoch_row and state.epoch not in kept:
+        kept[state.epoch] = {"epoch": state.epoch, "step": state.step, **state.epoch_row}
     lines = [json.dumps(kept[e]) + "\n" for e in sorted(kept)]
     if lines != [json.dumps(r) + "\n" for r in rows]:
         tmp = metrics.with_name("metrics.jsonl.tmp")
@@ -209,4 +218,58 @@ def repair_after_kill(run: RunDir, state: TrainState) -> dict[str, float]:
     best_epoch = read_state(best).epoch if not checkpoint_problem(best) else -1
     if run.continues and state.best_epoch == state.epoch and best_epoch != state.epoch:
         copy_checkpoint(run.ckpt, best)
-    return state.epoch_row if state.epoch_row and state.epoch not in kept else {}
+    if not use_wandb or not kept:
+        return []
+    logged = wandb_epochs(run.path, state.wandb_run_id)
+    return [kept[e] for e in sorted(kept) if e not in logged and "step" in kept[e]]
+
+
+def _held_open(files: list[Path]) -> bool:
+    """Whether some process has one of `files` open (Linux's /proc; elsewhere nothing is found)."""
+    targets = {str(f.resolve()) for f in files}
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in targets:
+                return True
+    return False
+
+
+def _epochs_in(segment: Path) -> list[int]:
+    """The epochs whose row a W&B segment's `.wandb` file holds, read by W&B's own reader (a killed segment's
+    file is read up to its last whole record)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(segment)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "offline"},  # a local file: nothing to report to a server
+    )
+    items = (json.loads(line).get("history", {}).get("item", {}) for line in proc.stdout.splitlines())
+    return sorted({int(item["epoch"]) for item in items if "epoch" in item})
+
+
+def wandb_epochs(run_dir: Path, run_id: str) -> set[int]:
+    """The epochs whose row some W&B segment of run `run_id` holds (call before this segment's W&B run starts).
+    A killed trainer's W&B service may still hold its file open, and write rows it buffered, until it notices
+    the death (about a second): wait until no process has a segment's file open, so that what is read is final.
+    Each finished segment is read once (about 1 s); what it holds is kept in `wandb/srtrain-epochs.json`."""
+    wandb_dir = run_dir / "wandb"
+    segments = sorted(p for p in wandb_dir.glob(f"*run-*-{run_id}") if p.is_dir() and any(p.glob("*.wandb")))
+    cache_file = wandb_dir / WANDB_EPOCHS
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    new = [s for s in segments if s.name not in cache]
+    files = [f for s in new for f in s.glob("*.wandb")]
+    deadline = time.monotonic() + WRITER_WAIT_S
+    while held := _held_open(files):
+        if time.monotonic() > deadline:
+            console.print(f"[bold yellow]warning:[/] a process still writes {files}; W&B may hold an epoch twice")
+            break
+        time.sleep(0.1)
+    read = {segment.name: _epochs_in(segment) for segment in new}
+    if new and not held:  # final: never read again
+        cache |= read
+        tmp = cache_file.with_name(WANDB_EPOCHS + ".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(cache_file)
+    return {e for epochs in (cache | read).values() for e in epochs}

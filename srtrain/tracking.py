@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from srtrain.config import Config
+from srtrain.faults import inject
 from srtrain.visual import stack
 
 WANDB_FLUSH_S = 1.0  # seconds between writes of W&B's run file; all of it is written at the end or on a stop
@@ -86,7 +87,8 @@ class Tracker:
             os.environ["WANDB_MODE"] = self.mode
             import wandb
 
-            # W&B writes its `.wandb` file every 15 s by default: a SIGKILL would lose that much of the history.
+            # W&B writes its `.wandb` file every 15 s by default: a SIGKILL loses what came since (a resume restores the
+            # epoch rows: rundir.wandb_epochs); 1 s keeps the per-step loss points of all but the last second.
             settings = wandb.Settings(x_transaction_log_flush_interval=WANDB_FLUSH_S)
             init = {"dir": str(out_dir), "id": run_id, "resume": "allow", "settings": settings}
             if cfg.wandb.name:
@@ -107,15 +109,16 @@ class Tracker:
         if self.accelerator.is_main_process and self.use_wandb:
             self.run.log(values, step=step, commit=commit)
 
-    def log_epoch(self, metrics: dict[str, Any], epoch: int, step: int, step_values: dict[str, float]) -> None:
-        """Commit epoch `epoch`'s metrics at optimizer step `step` to W&B (with the step's own values, when a
-        resume restores a row a kill cut off), then append them to metrics.jsonl (synced to disk)."""
+    def log_epoch(self, metrics: dict[str, Any], epoch: int, step: int) -> None:
+        """Commit epoch `epoch`'s metrics at optimizer step `step` to W&B, then append them to metrics.jsonl (synced
+        to disk). A kill in between leaves the row in the checkpoint; the resume restores what either lost."""
         if not self.accelerator.is_main_process:
             return
         if self.use_wandb:
-            self.run.log({**step_values, "epoch": epoch, **metrics}, step=step, commit=True)
+            self.run.log({"epoch": epoch, **metrics}, step=step, commit=True)
+        inject("after_log", epoch, True)
         with open(self.metrics_file, "a") as f:
-            f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+            f.write(json.dumps({"epoch": epoch, "step": step, **metrics}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         table = Table(title=f"epoch {epoch}")
@@ -124,6 +127,18 @@ class Tracker:
             table.add_column(title, justify="right")
         table.add_row(*(f"{metrics[key]:.4g}" for _, key in shown))
         console.print(table)
+
+    def restore_epochs(self, rows: list[dict[str, Any]], step: int, step_values: dict[str, float]) -> None:
+        """After a kill: log the metrics.jsonl rows that no W&B segment of the run holds (`repair_after_kill`), each
+        at its own step, oldest first, before this segment logs anything; the checkpoint's step (`step`) also gets
+        its own values (loss, lr), which the kill lost with the row."""
+        if not self.accelerator.is_main_process or not self.use_wandb:
+            return
+        for row in rows:
+            values = {k: v for k, v in row.items() if k != "step"}
+            self.run.log({**(step_values if row["step"] == step else {}), **values}, step=row["step"], commit=True)
+        if rows:
+            console.print(f"W&B: restored the rows of epochs {[r['epoch'] for r in rows]}, lost by a kill")
 
     def log_samples(self, rows: list[np.ndarray], epoch: int, step: int) -> None:
         """Sample grids, before the epoch's metrics commit step `step`."""

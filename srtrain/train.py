@@ -27,7 +27,7 @@ from srtrain.models import build_model
 from srtrain.models.weights import load_model_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
 from srtrain.stopping import StoppedToResume, Stopper
-from srtrain.tracking import Tracker, console, new_run_id
+from srtrain.tracking import Tracker, console, new_run_id, wandb_mode
 from srtrain.visual import sample_grid
 
 
@@ -280,7 +280,7 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
         plain = acc.unwrap_model(job.model)
         samples = [sample_grid(plain, job.val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(job.val_set)))]
         job.tracker.log_samples(samples, epoch, state.step)
-        job.tracker.log_epoch(row, epoch, state.step, {})
+        job.tracker.log_epoch(row, epoch, state.step)
         job.tracker.summary(
             best_psnr_y=state.best_psnr_y, best_epoch=state.best_epoch, bicubic_psnr_y=job.bicubic_psnr_y
         )
@@ -361,14 +361,13 @@ def start_job(cfg: Config) -> Job:
     if not run.continues:  # a new run, also from another run's checkpoint: a new W&B run
         state.wandb_run_id = new_run_id()
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    cut_off_row: dict[str, float] = {}
+    lost_rows: list[dict[str, float]] = []
     if main and run.continues:
-        cut_off_row = repair_after_kill(run, state)
+        lost_rows = repair_after_kill(run, state, wandb_mode(cfg) != "disabled")
     elif main:
         (run.path / "config.yaml").write_text(config_yaml)
     tracker = Tracker(accelerator, cfg, run.path, state.wandb_run_id)
-    if cut_off_row:
-        tracker.log_epoch(cut_off_row, state.epoch, state.step, state.step_values)
+    tracker.restore_epochs(lost_rows, state.step, state.step_values)
     stopper.update(False, state.train_seconds)
     state.global_batch = global_batch
     bicubic = evaluate(

@@ -67,13 +67,21 @@ def reference(tmp_path_factory, photo_folder):
 
 
 def test_sigkill_anywhere_then_resume_is_bit_identical(reference, photo_folder, tmp_path):
-    """SIGKILL at seeded random steps, inside a checkpoint write, in validation and between an epoch's checkpoint
-    and its metrics line; after each, `--resume=auto`. The end: the same weights, bit for bit, every epoch once
-    in metrics.jsonl and in W&B, one W&B run whose steps continue."""
+    """SIGKILL at seeded random steps, inside a checkpoint write, in validation, between an epoch's checkpoint
+    and its W&B log, and right after that log (before its metrics line); after each, `--resume=auto`. The end: the
+    same weights, bit for bit, every epoch exactly once in metrics.jsonl and across the W&B segments (at its step),
+    one W&B run whose steps continue."""
     rng = random.Random(9)
     a, b = rng.randint(2, STEPS // 2), rng.randint(STEPS // 2 + 1, STEPS - 1)
     c = rng.randint(b + 1, STEPS)
-    faults = [f"kill:step:{a}", "kill:validation:1", "kill:epoch_end:1", f"kill:checkpoint:{b}", f"kill:step:{c}"]
+    faults = [
+        f"kill:step:{a}",
+        "kill:validation:1",
+        "kill:epoch_end:1",
+        f"kill:checkpoint:{b}",
+        f"kill:step:{c}",
+        "kill:after_log:2",  # within W&B's file flush interval after the row's log: the file may lack it
+    ]
     out = tmp_path / "run"
     for i, fault in enumerate(faults):
         proc = srtrain(job(photo_folder, out, *(["--resume=auto"] if i else [])), tmp_path, fault)
@@ -85,20 +93,19 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(reference, photo_folder, 
     rows, ref_rows = metrics(out), metrics(reference)
     assert [r["epoch"] for r in rows] == [1, 2]
     for row, ref in zip(rows, ref_rows, strict=True):
-        for key in ("train_loss", "val_loss", "psnr_y", "lr"):
+        for key in ("step", "train_loss", "val_loss", "psnr_y", "lr"):
             assert row[key] == ref[key], key
     assert read_state(out / "checkpoints" / "best").epoch == read_state(reference / "checkpoints" / "best").epoch
     segments = sorted((out / "wandb").glob("offline-run-*"))
     assert len(segments) == len(faults) + 1 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1
     history = [h for run in segments for h in wandb_history(run)]
     epochs = [(h["epoch"], h["_step"]) for h in history if "psnr_y" in h]
-    # Never twice; on the optimizer-step axis. (Epoch 1's row, logged by a segment killed seconds later, is
-    # there once W&B's 1 s file flush has run: see docs/faults.md; the test does not time it.)
-    assert len(epochs) == len(set(epochs)) and set(epochs) <= {(1, STEPS // 2), (2, STEPS)} and (2, STEPS) in epochs
-    # The loss curve continues on one step axis: the last segment logs from its checkpoint's step on.
+    assert sorted(epochs) == [(1, STEPS // 2), (2, STEPS)]  # each epoch exactly once, on the optimizer-step axis
+    # The loss curve continues on one step axis: the last segment logs from its checkpoint's step on (and the
+    # checkpoint's own step first when it restores that step's row).
     final = [h["_step"] for h in wandb_history(segments[-1]) if "train/loss" in h]
     resumed_at = int(re.search(r"resuming from epoch \d+ step (\d+)", proc.stdout).group(1))
-    assert final == list(range(resumed_at + 1, STEPS + 1))
+    assert final in (list(range(resumed_at + 1, STEPS + 1)), list(range(resumed_at, STEPS + 1)))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
