@@ -5,8 +5,8 @@ POINT (with N): `step` (after optimizer step N), `checkpoint` (in the write of t
 weights file, before the rest), `validation` (in epoch N's validation), `epoch_end` (after epoch N's checkpoint,
 before its W&B log and metrics line), `after_log` (right after epoch N's row is logged to W&B, before its metrics
 line: within W&B's file flush interval). ACTION: `kill` (SIGKILL, as the OOM killer does), `enospc` (the write
-fails as on a full disk), `pause` (write `fault_ready` in the working directory, then wait for a stop signal: the
-test sends one).
+fails as on a full disk), `pause` (write `fault_ready` in the working directory, then wait until the test sends
+a stop signal or deletes `fault_ready` to let the run go on).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def inject(point: str, n: int, main: bool, stop_requested: Callable[[], bool] = 
     elif action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "(SRTRAIN_FAULT)")
     elif action == "pause":
-        Path(READY_FILE).write_text(str(os.getpid()))
-        while not stop_requested():
+        ready = Path(READY_FILE)
+        ready.write_text(str(os.getpid()))
+        while not stop_requested() and ready.exists():
             time.sleep(0.01)

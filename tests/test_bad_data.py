@@ -1,9 +1,11 @@
 """Bad input data, one real file per case, in a training and a validation source: refused before training with
 the file named, or converted to 8-bit RGB by the documented rule (`srtrain.data.images.to_8bit`)."""
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,10 @@ import PIL.Image
 import pytest
 from conftest import DATA, needs_data
 
+from srtrain.checkpoint import checkpoint_problem, read_state
 from srtrain.config import DataConfig
 from srtrain.data import DataError, load_images
+from srtrain.faults import READY_FILE
 
 pytestmark = needs_data
 SCALE, PATCH = 4, 48
@@ -115,6 +119,44 @@ def test_an_image_that_breaks_after_the_scan_is_named_when_used(folder):
     (i,) = [i for i in range(len(images)) if images.name(i) == "later.png"]
     with pytest.raises(DataError, match="later.png"):
         images.hr(i)
+
+
+def test_an_image_that_breaks_during_training_stops_with_one_line_and_resumes(folder, tmp_path):
+    """With loader workers and no cache: an image truncated on disk after the scan (while the fault hook pauses
+    the run at epoch 1's last step) stops the run in epoch 2 with exit 2 and one line naming the file and the fix,
+    not a worker's traceback; the last checkpoint stays intact, and once the file is replaced the run resumes."""
+    photo().save(folder / "later.png")
+    good = (folder / "later.png").read_bytes()
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "srtrain", f"--data.train={folder}", f"--data.val={DATA / 'Set5'}",
+            "--data.max_val_images=1", "--data.num_workers=2", "--data.cache=false", "--data.repeat=2",
+            "--batch_size=4", "--patch_size=48", "--epochs=2", "--checkpoint_every=1", f"--output_dir={out}",
+            "--wandb.mode=disabled"]  # fmt: skip
+    trainer = subprocess.Popen(
+        args, cwd=tmp_path, env={**os.environ, "SRTRAIN_FAULT": "pause:step:2"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = tmp_path / READY_FILE
+    while not ready.exists() or not ready.read_text():
+        assert trainer.poll() is None, trainer.stderr.read()[-3000:]
+        time.sleep(0.1)
+    (folder / "later.png").write_bytes(good[:-300])
+    ready.unlink()  # the run goes on
+    _, stderr = trainer.communicate(timeout=300)
+    assert trainer.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr and "worker" not in stderr
+    (line,) = [line for line in stderr.splitlines() if "later.png" in line]
+    assert line.startswith("error: image 'later.png'") and "srtrain check-data" in line
+    assert "data.skip_bad=true" in line and "--resume=auto" in line
+    last = out / "checkpoints" / "last"
+    assert checkpoint_problem(last) == "" and read_state(last).epoch == 1
+    (folder / "later.png").write_bytes(good)
+    proc = subprocess.run(
+        [*args, "--resume=auto"], cwd=tmp_path, env={**os.environ, "SRTRAIN_FAULT": ""}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_state(last).epoch == 2
 
 
 def test_a_truncated_training_image_stops_the_job_before_training(folder, tmp_path):

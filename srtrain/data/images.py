@@ -17,6 +17,19 @@ class DataError(ValueError):
     """A problem with the input data, naming the image or column and the fix."""
 
 
+class ImageChangedError(DataError):
+    """An image that passed the scan fails when training or validation decodes it: the file changed on disk.
+
+    Raised in a loader worker, it comes back to the main process as `ImageChangedError(text)` where PyTorch puts
+    the worker's whole traceback in `text`; only its last line, this error's own message, is kept, so that the
+    command line prints one clear line."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            message = message.rsplit(f"{type(self).__name__}: ", 1)[-1].strip()
+        super().__init__(message)
+
+
 def example_name(example: dict[str, Any], hr_column: str, fallback: str) -> str:
     if "name" in example:
         return str(example["name"])
@@ -126,11 +139,23 @@ class ImageSet:
             self._cache[key] = tensor
         return tensor
 
+    def _pixels(self, column: str, i: int) -> torch.Tensor:
+        """Pixels for training or evaluation, after the scan passed the image: a failure now means the file changed."""
+        try:
+            return self._decode(column, i)
+        except DataError as err:
+            raise ImageChangedError(
+                f"image '{self.name(i)}' in '{self.source}' passed the check before training but cannot be decoded "
+                f"now ({err.__cause__ or err}): the file changed on disk. Replace it and continue with --resume=auto "
+                f"(`srtrain check-data {self.source}` checks the others), or leave it out: remove it, or start a new "
+                "run with data.skip_bad=true"
+            ) from err
+
     def hr(self, i: int) -> torch.Tensor:
-        return self._decode(self.hr_column, i)
+        return self._pixels(self.hr_column, i)
 
     def lr(self, i: int) -> torch.Tensor | None:
-        return None if self.lr_column is None else self._decode(self.lr_column, i)
+        return None if self.lr_column is None else self._pixels(self.lr_column, i)
 
     def problems(self, scale: int, min_hr: int, fix: str) -> list[tuple[int, str]]:
         """Every unusable image as (index, message): unreadable, truncated or corrupt (the pixels are decoded, and
@@ -140,8 +165,9 @@ class ImageSet:
             try:
                 row, name = self._row(i)
                 check_image(row, name, self.source, (self.hr_column, self.lr_column), scale, min_hr, fix)
-                self.hr(i)
-                self.lr(i)
+                self._decode(self.hr_column, i)
+                if self.lr_column is not None:
+                    self._decode(self.lr_column, i)
             except DataError as err:
                 bad.append((i, str(err)))
         return bad
