@@ -131,7 +131,7 @@ def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int
         loss.item()  # waits for the device
         return steps * BATCH / (time.perf_counter() - start)
 
-    first_step = 1 / epoch(1)
+    first_step = BATCH / epoch(1)
     epoch(steps)  # warm-up, as srtrain's epoch 1
     return epoch(steps), first_step
 
@@ -173,7 +173,7 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="on a CUDA device: bf16, and bf16 + channels_last")
     p.add_argument("--compile", action="store_true", help="every variant also with torch.compile (HR folder only)")
     p.add_argument("--quick", action="store_true", help="0 loader workers, one round, a quarter of the patches")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 2; 1 with --quick)")
     p.add_argument("--models", default="espcn,edsr")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "srtrain_throughput")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -193,7 +193,7 @@ def main() -> None:
     images = len(list(Path(sources["folder"]).glob("*.png")))
     workers = (0,) if args.quick or args.compile else (0, 1, 2)
     sources = {"folder": sources["folder"]} if args.compile else sources
-    rounds = 1 if args.quick else args.rounds
+    rounds = args.rounds or (1 if args.quick else 2)
     precisions = [("bf16", False), ("bf16", True)] if args.gpu else [("no", False)]
     precisions = precisions[-1:] if args.quick else precisions
     variants = [(p, cl, c) for p, cl in precisions for c in ((False, True) if args.compile else (False,))]
