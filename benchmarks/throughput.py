@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/throughput.py --quick      # CPU, a few minutes: 0 loader workers, 1 round
     PYTHONPATH=. python benchmarks/throughput.py              # CPU: 0, 1, 2 loader workers, 2 rounds
     PYTHONPATH=. python benchmarks/throughput.py --gpu        # one GPU: bf16, and bf16 + channels_last
+    PYTHONPATH=. python benchmarks/throughput.py --compile    # each variant eager and with `compile: true`
 
 Rows, for ESPCN (tiny, data-bound) and EDSR-baseline (compute-bound), x4, batch 16, 96 px HR patches:
 - `bare loop`: forward, L1 loss, backward, Adam step on patches already in memory (the ceiling);
@@ -12,6 +13,10 @@ Rows, for ESPCN (tiny, data-bound) and EDSR-baseline (compute-bound), x4, batch 
 The data are the T91 images at least 96 px on a side (scikit-image's bundled photographs where ../shared is
 absent); LR pairs and the prepared set are made from them once.
 Each figure is the median over the rounds of patches/s in steady state; ratio = figure / bare loop's.
+`--compile` adds every variant again with torch.compile (srtrain's `--compile=true`), from the HR folder with 0
+loader workers only (compiling changes the model step, not the data path); its warm-up is excluded from the
+rates (epoch 1, and the bare loop's warm-up epoch) and reported on its own: the bare loop's first step, compile
+included, from an empty inductor cache (a first run; later runs reuse the cache).
 """
 
 from __future__ import annotations
@@ -97,8 +102,9 @@ def srtrain_rate(args: list[str], gpu: bool) -> float:
     return rows[-1]["patches_per_s"]
 
 
-def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int) -> float:
-    """The ceiling: the same model, batch and patch on tensors already on the device, no data pipeline."""
+def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int, compile: bool) -> tuple[float, float]:
+    """The ceiling: the same model, batch and patch on tensors already on the device, no data pipeline.
+    Returns patches/s and the seconds of the first step (with `compile`, the compilation)."""
     import torch
 
     from srtrain.models import build_model
@@ -111,12 +117,13 @@ def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int
     hr = torch.rand(BATCH, 3, PATCH, PATCH, device=device)
     steps = patches // BATCH
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    forward = torch.compile(model) if compile else model
 
-    def epoch() -> float:
+    def epoch(steps: int) -> float:
         start = time.perf_counter()
         for _ in range(steps):
             with torch.autocast(device.type, dtype=dtype, enabled=precision == "bf16"):
-                sr = model(lr)
+                sr = forward(lr)
             loss = torch.nn.functional.l1_loss(sr.float(), hr)
             loss.backward()
             optimizer.step()
@@ -124,8 +131,9 @@ def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int
         loss.item()  # waits for the device
         return steps * BATCH / (time.perf_counter() - start)
 
-    epoch()  # warm-up, as srtrain's epoch 1
-    return epoch()
+    first_step = BATCH / epoch(1)
+    epoch(steps)  # warm-up, as srtrain's epoch 1
+    return epoch(steps), first_step
 
 
 def pipeline_rate(source: str, workers: int) -> float:
@@ -148,21 +156,24 @@ def pipeline_rate(source: str, workers: int) -> float:
     return patches / (time.perf_counter() - start)
 
 
-def child(kind: str, args: list[str]) -> float:
-    """Run one measurement in a fresh process (same conditions for every row)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
-    out = subprocess.run([sys.executable, __file__, "--child", kind, *args], env=env, capture_output=True, text=True)
+def child(kind: str, args: list[str]) -> list[float]:
+    """Run one measurement in a fresh process (same conditions for every row), with an empty inductor cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": cache}
+        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+        cmd = [sys.executable, __file__, "--child", kind, *args]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         sys.exit(out.stderr[-3000:])
-    return float(out.stdout.strip().splitlines()[-1])
+    return [float(x) for x in out.stdout.strip().splitlines()[-1].split()]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="on a CUDA device: bf16, and bf16 + channels_last")
+    p.add_argument("--compile", action="store_true", help="every variant also with torch.compile (HR folder only)")
     p.add_argument("--quick", action="store_true", help="0 loader workers, one round, a quarter of the patches")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 2; 1 with --quick)")
     p.add_argument("--models", default="espcn,edsr")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "srtrain_throughput")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -170,7 +181,7 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         if kind == "bare":
-            print(bare_rate(rest[0], rest[1], rest[2] == "1", int(rest[3])))
+            print(*bare_rate(rest[0], rest[1], rest[2] == "1", int(rest[3]), rest[4] == "1"))
         else:
             print(pipeline_rate(rest[0], int(rest[1])))
         return
@@ -180,19 +191,25 @@ def main() -> None:
         PATCHES.update({model: n // 4 for model, n in PATCHES.items()})
     sources = make_data(args.work)
     images = len(list(Path(sources["folder"]).glob("*.png")))
-    workers = (0,) if args.quick else (0, 1, 2)
-    rounds = 1 if args.quick else args.rounds
+    workers = (0,) if args.quick or args.compile else (0, 1, 2)
+    sources = {"folder": sources["folder"]} if args.compile else sources
+    rounds = args.rounds or (1 if args.quick else 2)
     precisions = [("bf16", False), ("bf16", True)] if args.gpu else [("no", False)]
     precisions = precisions[-1:] if args.quick else precisions
+    variants = [(p, cl, c) for p, cl in precisions for c in ((False, True) if args.compile else (False,))]
     rows: dict[tuple, list[float]] = {}
+    compile_s: dict[tuple, list[float]] = {}
     for _ in range(rounds):  # interleaved: every variant once per round
         for model in args.models.split(","):
-            for precision, cl in precisions:
+            for precision, cl, compiled in variants:
                 extra = [f"--mixed_precision={precision}", f"--channels_last={str(cl).lower()}"]
-                tag = precision + (" + channels_last" if cl else "")
-                rows.setdefault((model, tag, "bare loop", "-"), []).append(
-                    child("bare", [model, precision, str(int(cl)), str(PATCHES[model])])
+                extra += [f"--compile={str(compiled).lower()}"]
+                tag = precision + (" + channels_last" if cl else "") + (" + compile" if compiled else "")
+                rate, first_step = child(
+                    "bare", [model, precision, str(int(cl)), str(PATCHES[model]), str(int(compiled))]
                 )
+                rows.setdefault((model, tag, "bare loop", "-"), []).append(rate)
+                compile_s.setdefault((model, tag), []).append(first_step)
                 for mode, source in sources.items():
                     for w in workers:
                         rate = srtrain_rate(job(model, source, images, w, extra), args.gpu)
@@ -200,7 +217,7 @@ def main() -> None:
         for mode, source in sources.items():
             for w in workers:
                 rows.setdefault(("-", "-", f"pipeline only, {mode}", str(w)), []).append(
-                    child("pipe", [source, str(w)])
+                    child("pipe", [source, str(w)])[0]
                 )
     device = torch.cuda.get_device_name() if args.gpu else f"{platform.processor() or platform.machine()} CPU"
     stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
@@ -213,6 +230,9 @@ def main() -> None:
         bare = rows.get((model, tag, "bare loop", "-"))
         ratio = f"{rate / statistics.median(bare):.2f}" if bare and model != "-" else "-"
         print(f"| {model} | {tag} | {run} | {w} | {rate:.0f} | {ratio} |")
+    print("\nbare loop's first step, s (compilation included where compiled; an empty inductor cache each time):")
+    for (model, tag), seconds in compile_s.items():
+        print(f"  {model}, {tag}: {', '.join(f'{s:.1f}' for s in seconds)}")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ class Config:
     `warmup` and `step_every` are fractions of that progress.
     `checkpoint_every` (optimizer steps) and `checkpoint_every_min` (training minutes) also save `checkpoints/last`
     inside an epoch (0: only at epoch ends). `nan_policy: skip` skips a step whose loss is NaN/inf instead of
-    stopping, up to `nan_max_skips` in a row.
+    stopping, up to `nan_max_skips` in a row. `compile` runs the training forward through torch.compile
+    (docs/performance.md says where it pays).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -109,6 +110,7 @@ class Config:
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
+    compile: bool = False
     cpu_threads: int = 0
     output_dir: str = ""
     resume: str = ""

@@ -81,6 +81,26 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return accelerator
 
 
+def training_forward(model: torch.nn.Module, cfg: Config, accelerator: Accelerator) -> Callable[..., torch.Tensor]:
+    """The module the training step calls: `model`, or with `compile: true` a torch.compile of it sharing its
+    weights. Validation, samples and checkpoints keep the eager module: it is what `srtrain eval` runs (same
+    float32 scores, plain state_dict keys), and validation images of every size would each recompile. A tiny
+    function is compiled first, so that a machine without a working compiler stops here, before training."""
+    if not cfg.compile:
+        return model
+    try:
+        torch.compile(lambda x: x + 1)(torch.zeros(1, device=accelerator.device))
+    except Exception as err:  # inductor raises its own types, from dynamo, the C++ compiler or triton
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"compile: true, but torch.compile fails on {accelerator.device} ({reason}): install a C++ compiler "
+            "(apt-get install g++; on CUDA also triton) or set --compile=false"
+        ) from None
+    if accelerator.is_main_process:
+        console.print("torch.compile: the training forward compiles at the first steps (tens of seconds on CPU)")
+    return torch.compile(model)
+
+
 def check_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> None:
     """All replicas must hold identical weights (DDP applies the same averaged gradients everywhere); a
     checksum per process proves it at every checkpoint and stops a run whose ranks drifted apart."""
@@ -184,6 +204,7 @@ class Job:
     config_yaml: str
     train_loader: DataLoader | StreamLoader
     memory_format: torch.memory_format
+    forward: Callable[..., torch.Tensor]  # the training step's: `model`, or its torch.compile (`compile: true`)
     val_loader: DataLoader
     val_set: ValImages
     bicubic_psnr_y: float
@@ -348,6 +369,7 @@ def start_job(cfg: Config) -> Job:
     # accelerate runs the whole forward under autocast; keep that to the training step, so that validation and
     # samples score the float32 output `srtrain eval` gives for the saved weights
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    forward = training_forward(model, cfg, accelerator)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -386,6 +408,7 @@ def start_job(cfg: Config) -> Job:
         config_yaml,
         train_loader,
         memory_format,
+        forward,
         val_loader,
         val_set,
         bicubic["psnr_y"].mean().item(),
@@ -450,7 +473,7 @@ def train(cfg: Config) -> dict[str, float]:
                 batch = training_pair(batch, cfg.scale)  # float LR/HR made on the device, one batched resize
                 with acc.accumulate(model):
                     with acc.autocast():  # the training forward only: validation runs in float32
-                        sr = model(batch["lr"].contiguous(memory_format=job.memory_format))
+                        sr = job.forward(batch["lr"].contiguous(memory_format=job.memory_format))
                     loss = job.loss_fn(sr.float(), batch["hr"])
                     acc.backward(loss)
                     window += torch.stack(

@@ -1,4 +1,5 @@
-"""On a CUDA device: training in fp32, bf16 and fp16 (loss scaling), eval and degradation equal to the CPU's.
+"""On a CUDA device: training in fp32, bf16, fp16 (loss scaling) and bf16 compiled, eval and degradation equal to
+the CPU's.
 
 Skipped without CUDA. On a GPU machine, from a plain checkout: `PYTHONPATH=. python -m pytest -q -m gpu`.
 The data are the photographs bundled with scikit-image (the `default` source), so ../shared need not exist.
@@ -12,7 +13,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import ROOT, accelerate_launch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from srtrain.config import DataConfig
@@ -63,6 +64,17 @@ def test_training_on_cuda(precision, tmp_path):
         assert scaler is not None and scaler["scale"] > 1
     else:
         assert scaler is None
+
+
+def test_compiled_bf16_training_on_cuda(tmp_path):
+    """`compile: true` on CUDA (inductor with triton) in bf16: it trains and saves plain weights."""
+    out = tmp_path / "run"
+    proc = run([*accelerate_launch(1), *job(out, "--mixed_precision=bf16", "--compile=true")], tmp_path)
+    assert "on cuda" in proc.stdout and "torch.compile: the training forward compiles" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["psnr_y"] > 20
+    weights = load_file(out / "checkpoints" / "last" / "model.safetensors")
+    assert weights.keys() == build_model("espcn", 4).state_dict().keys()
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
