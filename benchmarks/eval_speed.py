@@ -22,6 +22,7 @@ from srtrain.config import DataConfig
 from srtrain.data import load_images
 from srtrain.degradation import imresize, modcrop
 from srtrain.evaluation import SCORES, evaluate_source
+from srtrain.metrics import Scored
 from srtrain.models import build_model
 
 
@@ -55,7 +56,7 @@ def main() -> None:
         upscale = median_seconds(lambda: [model(x) for x in lr], n)
         sr = [model(x).clamp(0, 1) for x in lr]
     metric = {
-        name: median_seconds(lambda fn=fn: [fn(a, b, s, "direct") for a, b in zip(sr, hr01, strict=True)], n)
+        name: median_seconds(lambda fn=fn: [fn(Scored(a, b, s, "direct")) for a, b in zip(sr, hr01, strict=True)], n)
         for name, fn in SCORES.items()
     }
     accelerator = Accelerator(cpu=True)
