@@ -72,7 +72,7 @@ def _check_pair(sr: Tensor, hr: Tensor) -> None:
 
 def _mse(a: Tensor, b: Tensor) -> Tensor:
     """Per-image mean squared error over every channel and pixel."""
-    return (a - b).square().flatten(1).mean(dim=1)
+    return (a - b).square_().flatten(1).mean(dim=1)
 
 
 def _psnr(a: Tensor, b: Tensor, peak: float) -> Tensor:
@@ -124,13 +124,16 @@ def _ssim(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     centre = (x.mean(dim=(1, 2, 3), keepdim=True) + y.mean(dim=(1, 2, 3), keepdim=True)) / 2
     xc, yc = (x - centre).to(dtype), (y - centre).to(dtype)
     moments = torch.cat([xc, yc, xc * xc, yc * yc, xc * yc], dim=1)
-    moments = _gaussian_filter(moments).double()
-    mu_xc, mu_yc, xx, yy, xy = moments.unbind(dim=1)
-    var_x, var_y, cov = xx - mu_xc**2, yy - mu_yc**2, xy - mu_xc * mu_yc
-    mu_x, mu_y = mu_xc + centre.flatten(1)[..., None], mu_yc + centre.flatten(1)[..., None]
-    ssim_map = ((2 * mu_x * mu_y + _SSIM_C1) * (2 * cov + _SSIM_C2)) / (
-        (mu_x**2 + mu_y**2 + _SSIM_C1) * (var_x + var_y + _SSIM_C2)
-    )
+    # The formula in place, on the filtered maps' float64 copy: fresh float64 maps per step cost more than the math.
+    mu_xc, mu_yc, xx, yy, xy = _gaussian_filter(moments).double().unbind(dim=1)
+    squares = mu_xc.square()
+    squares.addcmul_(mu_yc, mu_yc)
+    variances = xx.add_(yy).sub_(squares).add_(_SSIM_C2)  # var_x + var_y + C2
+    covariance = xy.sub_(mu_xc * mu_yc).mul_(2).add_(_SSIM_C2)  # 2 cov + C2
+    centre = centre.flatten(1)[..., None]
+    mu_x, mu_y = mu_xc.add_(centre), mu_yc.add_(centre)
+    ssim_map = (mu_x * mu_y).mul_(2).add_(_SSIM_C1).mul_(covariance)
+    ssim_map.div_(mu_x.square_().add_(mu_y.square_()).add_(_SSIM_C1).mul_(variances))
     return ssim_map.flatten(1).mean(dim=1)
 
 
