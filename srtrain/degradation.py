@@ -74,33 +74,41 @@ def _block_weights(
     return int(index[0, 0]), padded.view(blocks, factor).to(device=device, dtype=dtype)
 
 
-def _downscale_axis(x: Tensor, axis: int, factor: int, antialias: bool) -> Tensor:
+def _downscale_axis(x: Tensor, axis: int, factor: int, antialias: bool, dtype: torch.dtype) -> Tensor:
     """`_resize_axis` for a whole ``factor`` down, in O(taps) rather than O(in_len) work per output pixel.
 
     The axis, edge-clamped as MATLAB's indices are, is cut into blocks of ``factor`` pixels; one small matmul
     weighs every block with each block of taps, and output pixel ``o`` sums block ``o + j`` weighed by tap block
     ``j``. Only the summation order differs from the dense matmul (float64 rounding, far below uint8 steps).
+    The edge-clamped copy is taken before the conversion to ``dtype``: from uint8, 8x fewer bytes.
     """
     in_len = x.shape[axis]
     out_len = in_len // factor
-    first, weights = _block_weights(in_len, factor, antialias, x.device, x.dtype)
+    first, weights = _block_weights(in_len, factor, antialias, x.device, dtype)
     blocks = weights.shape[0]
     index = (torch.arange(factor * (out_len + blocks - 1), device=x.device) + first).clamp_(0, in_len - 1)
     if axis == -1:
-        parts = x.index_select(-1, index).unflatten(-1, (-1, factor)) @ weights.T  # (..., H, n, blocks)
-        return sum(parts[..., j : j + out_len, j] for j in range(1, blocks)) + parts[..., :out_len, 0]
-    parts = weights @ x.index_select(-2, index).unflatten(-2, (-1, factor))  # (..., n, blocks, W)
-    return sum(parts[..., j : j + out_len, j, :] for j in range(1, blocks)) + parts[..., :out_len, 0, :]
+        parts = x.index_select(-1, index).to(dtype).unflatten(-1, (-1, factor)) @ weights.T  # (..., H, n, blocks)
+        out = parts[..., :out_len, 0].clone()
+        for j in range(1, blocks):
+            out.add_(parts[..., j : j + out_len, j])
+        return out
+    parts = weights @ x.index_select(-2, index).to(dtype).unflatten(-2, (-1, factor))  # (..., n, blocks, W)
+    out = parts[..., :out_len, 0, :].clone()
+    for j in range(1, blocks):
+        out.add_(parts[..., j : j + out_len, j, :])
+    return out
 
 
-def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, antialias: bool) -> Tensor:
-    """Resize along H (``axis`` -2) or W (``axis`` -1): by blocks for a whole factor down, else by a matmul
-    with the cached weight matrix."""
+def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, antialias: bool, dtype: torch.dtype) -> Tensor:
+    """Resize along H (``axis`` -2) or W (``axis`` -1), computed in ``dtype``: by blocks for a whole factor
+    down, else by a matmul with the cached weight matrix."""
     in_len = x.shape[axis]
     factor = in_len // out_len
     if factor > 1 and in_len == factor * out_len and math.isclose(scale * factor, 1, rel_tol=1e-12):
-        return _downscale_axis(x, axis, factor, antialias)
-    matrix = _weight_matrix(in_len, out_len, scale, antialias, x.device, x.dtype)
+        return _downscale_axis(x, axis, factor, antialias, dtype)
+    matrix = _weight_matrix(in_len, out_len, scale, antialias, x.device, dtype)
+    x = x.to(dtype)
     return matrix @ x if axis == -2 else x @ matrix.T
 
 
@@ -140,13 +148,14 @@ def imresize(
     order = sorted((-2, -1), key=lambda axis: scales[axis])
 
     if x.dtype == torch.uint8:
-        y = x.to(torch.float64)
+        y = x
         for axis in order:
-            y = _round_uint8(_resize_axis(y, axis, out_size[axis], scales[axis], antialias))
+            y = _round_uint8(_resize_axis(y, axis, out_size[axis], scales[axis], antialias, torch.float64))
         return y.to(torch.uint8)
     if not x.is_floating_point():
         raise TypeError(f"imresize takes uint8 or floating-point input, got {x.dtype}")
-    y = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    y = x
     for axis in order:
-        y = _resize_axis(y, axis, out_size[axis], scales[axis], antialias)
+        y = _resize_axis(y, axis, out_size[axis], scales[axis], antialias, dtype)
     return y.to(x.dtype)
