@@ -1,9 +1,11 @@
 """Time the full Set14 x4 evaluation, split into its stages, so that metrics never dominate validation.
 
     python benchmarks/eval_speed.py [--data ../shared/data/Set14] [--scale 4] [--repeats 5] [--model bicubic]
+        [--metrics psnr_y,ssim_y,psnr_rgb,ssim_rgb,mse,nrmse,fsim]
 
-Prints the median seconds over the repeats of: PNG decoding, MATLAB bicubic LR creation, bicubic
-upscaling (the model), each metric, and the end-to-end `evaluate_source` (what `srtrain eval` runs).
+Prints the median process CPU seconds (stable under other users' load) and wall seconds over the repeats of:
+PNG decoding, MATLAB bicubic LR creation, the model's inference alone, each metric (each pays its own
+quantization), and the end-to-end `evaluate_source` (what `srtrain eval` runs, default metrics).
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from srtrain.config import DataConfig
 from srtrain.data import load_images
 from srtrain.degradation import imresize, modcrop
 from srtrain.evaluation import SCORES, evaluate_source
+from srtrain.metrics import Scored
 from srtrain.models import build_model
 
 
-def median_seconds(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> tuple[float, float]:
+    """Median (CPU, wall) seconds of `fn`."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append((time.process_time() - cpu, time.perf_counter() - wall))
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
 def main() -> None:
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="bicubic", help="the model timed as the SR step (random weights)")
+    parser.add_argument("--metrics", default=",".join(SCORES), help="comma list of the metrics timed one by one")
     args = parser.parse_args()
     s, n = args.scale, args.repeats
     data = DataConfig(val=args.data, gray="direct", cache=False)
@@ -55,8 +60,9 @@ def main() -> None:
         upscale = median_seconds(lambda: [model(x) for x in lr], n)
         sr = [model(x).clamp(0, 1) for x in lr]
     metric = {
-        name: median_seconds(lambda fn=fn: [fn(a, b, s, "direct") for a, b in zip(sr, hr01, strict=True)], n)
+        name: median_seconds(lambda fn=fn: [fn(Scored(a, b, s, "direct")) for a, b in zip(sr, hr01, strict=True)], n)
         for name, fn in SCORES.items()
+        if name in args.metrics.split(",")
     }
     accelerator = Accelerator(cpu=True)
     end_to_end = median_seconds(lambda: evaluate_source(model, data, s, accelerator), n)
@@ -64,14 +70,14 @@ def main() -> None:
     print(
         f"{Path(args.data).name} x{s}: {len(hr)} images, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads); median of {n} runs, seconds"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); median of {n} runs, CPU and wall seconds"
     )
     rows = [("decode PNGs", decode), ("LR by MATLAB imresize (uint8)", resize)]
     rows += [(f"{args.model} upscale (model)", upscale)]
     rows += [(f"metric {name}", t) for name, t in metric.items()]
     rows += [("end to end: evaluate_source (psnr_y, ssim_y, psnr_rgb)", end_to_end)]
-    for label, t in rows:
-        print(f"  {label:<58} {t:8.3f}")
+    for label, (cpu, wall) in rows:
+        print(f"  {label:<58} {cpu:8.3f} {wall:8.3f}")
 
 
 if __name__ == "__main__":

@@ -18,17 +18,16 @@ from torch.utils.data import DataLoader
 
 from srtrain.config import DataConfig
 from srtrain.data import ValImages, load_images
-from srtrain.metrics import GrayMode, fsim, mse, nrmse, psnr_rgb, psnr_y, rgb_to_y, ssim_rgb, ssim_y
+from srtrain.metrics import GrayMode, Scored, rgb_to_y
 
-Score = Callable[[Tensor, Tensor, int, GrayMode], Tensor]
-SCORES: dict[str, Score] = {
-    "psnr_y": lambda sr, hr, scale, gray: psnr_y(sr, hr, shave=scale, gray=gray),
-    "ssim_y": lambda sr, hr, scale, gray: ssim_y(sr, hr, shave=scale, gray=gray),
-    "psnr_rgb": lambda sr, hr, scale, gray: psnr_rgb(sr, hr),
-    "ssim_rgb": lambda sr, hr, scale, gray: ssim_rgb(sr, hr, shave=scale),
-    "mse": lambda sr, hr, scale, gray: mse(sr, hr),
-    "nrmse": lambda sr, hr, scale, gray: nrmse(sr, hr),
-    "fsim": lambda sr, hr, scale, gray: fsim(sr, hr),
+SCORES: dict[str, Callable[[Scored], Tensor]] = {
+    "psnr_y": Scored.psnr_y,
+    "ssim_y": Scored.ssim_y,
+    "psnr_rgb": Scored.psnr_rgb,
+    "ssim_rgb": Scored.ssim_rgb,
+    "mse": Scored.mse,
+    "nrmse": Scored.nrmse,
+    "fsim": Scored.fsim,
 }
 DEFAULT_SCORES = ("psnr_y", "ssim_y", "psnr_rgb")
 
@@ -94,7 +93,8 @@ def evaluate(
         columns = [batch["index"].to(torch.float64)]
         if loss_fn:
             columns.append(torch.stack([loss_fn(s[None], h[None]) for s, h in zip(sr, hr, strict=True)]).double())
-        columns += [SCORES[name](sr, hr, scale, gray) for name in scores]
+        pair = Scored(sr, hr, scale, gray)  # quantized and converted to Y once for every score
+        columns += [SCORES[name](pair) for name in scores]
         rows.append(accelerator.gather_for_metrics(torch.stack(columns, dim=1)))
     table = torch.cat(rows).cpu()
     table = table[table[:, 0].argsort()]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from srtrain import degradation
 from srtrain.degradation import imresize, modcrop
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -149,3 +150,20 @@ def test_rejects_bad_arguments() -> None:
         imresize(x, -2)
     with pytest.raises(TypeError, match="uint8 or floating"):
         imresize(x.to(torch.int16), 2)
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_whole_factor_downscale_by_blocks_matches_the_weight_matrix(factor: int, antialias: bool) -> None:
+    # A downscale by a whole factor sums its taps block by block (degradation._downscale_axis); it must equal
+    # MATLAB's contributions applied as the dense matrix, edges (clamped taps) included, up to float64 rounding.
+    x = torch.rand(2, 3, 5 * factor, 7 * factor, dtype=torch.float64, generator=torch.Generator().manual_seed(factor))
+    expected = x
+    for axis in (-2, -1):
+        matrix = degradation._weight_matrix(
+            x.shape[axis], x.shape[axis] // factor, 1 / factor, antialias, x.device, x.dtype
+        )
+        expected = matrix @ expected if axis == -2 else expected @ matrix.T
+    got = imresize(x, 1 / factor, antialias=antialias)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-13)
+    assert torch.equal(imresize(x, size=(5, 7), antialias=antialias), got)

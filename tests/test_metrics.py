@@ -436,7 +436,7 @@ def test_float32_ssim_is_within_1e6_of_float64(upscale: int) -> None:
         if upscale > 1:
             hr = imresize(hr, float(upscale))  # uint8 in, uint8 out
         sr, hr = bicubic_pair(hr, 4)
-        y_sr, y_hr = metrics._scored_y(sr, hr, 4, "replicate")
+        y_sr, y_hr = metrics.Scored(sr, hr, 4, "replicate").y
         assert y_sr.shape[-2] * y_sr.shape[-1] >= metrics.SSIM_FLOAT32_PIXELS  # the float32 path
         fast, exact = metrics._ssim(y_sr, y_hr, torch.float32), metrics._ssim(y_sr, y_hr, torch.float64)
         assert fast.item() == pytest.approx(exact.item(), abs=1e-6), path.name

@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
-from torchvision.models import ResNet50_Weights
 
 from srtrain.degradation import imresize
 from srtrain.models.edsr import upsampler
 from srtrain.models.registry import register
 from srtrain.models.weights import WeightsError, load_state, load_weights
 
+if TYPE_CHECKING:
+    from torchvision.models import ResNet50_Weights
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Preferred first; either file in the hub cache is used.
-IMAGENET_WEIGHTS = (ResNet50_Weights.IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1)
 UNUSED_PREFIXES = ("fc.", "layer4.")  # parts of torchvision's resnet50 this encoder leaves out
 STRIDE = 16  # of the deepest feature (layer3)
 MIN_SIZE = 32  # padded LR size at least this, so layer3 (stride 16) is 2x2: batch norm needs >1 value per channel
@@ -38,15 +38,23 @@ class PretrainedWeightsError(WeightsError):
     """The encoder weights asked for are missing or do not fit torchvision's resnet50."""
 
 
+def imagenet_weights() -> tuple[ResNet50_Weights, ...]:
+    """torchvision's ImageNet weights, preferred first (either file in the hub cache is used). torchvision is
+    imported here, not with the module: its import costs seconds that every `srtrain` command would pay."""
+    from torchvision.models import ResNet50_Weights
+
+    return ResNet50_Weights.IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1
+
+
 def cached_weights_path(weights: ResNet50_Weights) -> Path:
     """Where torch.hub keeps these weights: <torch.hub.get_dir()>/checkpoints/<file name of the weights' URL>."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(weights.url).path).name
 
 
 def missing_weights_message() -> str:
-    weights = IMAGENET_WEIGHTS[0]
+    weights, *rest = imagenet_weights()
     path = cached_weights_path(weights)
-    others = ", ".join(cached_weights_path(w).name for w in IMAGENET_WEIGHTS[1:])
+    others = ", ".join(cached_weights_path(w).name for w in rest)
     return (
         f"model 'resnet50' wants ImageNet weights (--model.pretrained=true), but they are not in the torch hub cache "
         f"and srtrain never downloads them. Either:\n"
@@ -60,7 +68,7 @@ def missing_weights_message() -> str:
 
 def cached_imagenet_state() -> tuple[dict[str, Tensor], Path]:
     """The ImageNet state dict from the hub cache, without the network; PretrainedWeightsError if it is not there."""
-    for weights in IMAGENET_WEIGHTS:
+    for weights in imagenet_weights():
         path = cached_weights_path(weights)
         if path.is_file():
             return load_weights(path), path
@@ -72,6 +80,8 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        import torchvision  # see imagenet_weights
+
         net = torchvision.models.resnet50(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3

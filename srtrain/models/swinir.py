@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
 from srtrain.models.registry import register
 
@@ -104,6 +103,8 @@ class SwinLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        from torchvision.ops import StochasticDepth  # lazily: torchvision's import costs every command seconds
+
         self.drop_path = StochasticDepth(drop_path, "row")
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
