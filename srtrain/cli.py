@@ -46,8 +46,6 @@ def train_main(argv: list[str]) -> int:
 
         print(USAGE + "\nconfiguration keys (--key=value; docs/configuration.md):\n\n" + key_table())
         return 0
-    import torch.distributed as dist
-
     from srtrain.checkpoint import CheckpointError
     from srtrain.models.weights import WeightsError
     from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume
@@ -64,11 +62,16 @@ def train_main(argv: list[str]) -> int:
         Console(stderr=True).print(f"[bold yellow]srtrain:[/] {stop}", highlight=False, soft_wrap=True)
         return EXIT_RESUMABLE
     finally:
-        # every rank, on every way out: a gloo/NCCL group left to the interpreter's exit can abort the process
-        # ("terminate called without an active exception", seen with 2 CPU processes)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_process_group()
     return 0
+
+
+def close_process_group() -> None:
+    """Every rank, on every way out of a command: a gloo/NCCL group left to the interpreter's exit can abort the
+    process ("terminate called without an active exception", seen with 2 CPU processes in training and eval)."""
+    dist = sys.modules.get("torch.distributed")  # never imported: no group to close
+    if dist is not None and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_config_main(argv: list[str]) -> int:
@@ -379,6 +382,13 @@ def prepare_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run_command(argv)
+    finally:
+        close_process_group()
+
+
+def run_command(argv: list[str]) -> int:
     if argv and argv[0] == "eval":
         return eval_main(argv[1:])
     if argv and argv[0] == "prepare":
