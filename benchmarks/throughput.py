@@ -12,7 +12,9 @@ Rows, for ESPCN (tiny, data-bound) and EDSR-baseline (compute-bound), x4, batch 
 - `pipeline only`: srtrain's loader and `training_pair`, no model.
 The data are the T91 images at least 96 px on a side (scikit-image's bundled photographs where ../shared is
 absent); LR pairs and the prepared set are made from them once.
-Each figure is the median over the rounds of patches/s in steady state; ratio = figure / bare loop's.
+Every run trains `EPOCHS` epochs, the first a warm-up; each figure is the median patches/s over the timed epochs
+of all rounds (this VM's speed wanders by +-15 % from one second to the next, so one epoch per round is not enough);
+ratio = figure / bare loop's.
 `--compile` adds every variant again with torch.compile (srtrain's `--compile=true`), from the HR folder with 0
 loader workers only (compiling changes the model step, not the data path); its warm-up is excluded from the
 rates (epoch 1, and the bare loop's warm-up epoch) and reported on its own: the bare loop's first step, compile
@@ -37,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "data" / "T91"
 VAL = ROOT.parent / "shared" / "data" / "Set5"
 SCALE, PATCH, BATCH = 4, 96, 16
-PATCHES = {"espcn": 3200, "edsr": 640}  # per timed epoch: about 10-20 s each on 2 quiet CPU cores
+PATCHES = {"espcn": 1600, "edsr": 320}  # per epoch: about 4-10 s each on 2 quiet CPU cores
+EPOCHS = 5  # the first warms up; the median of the other four is a run's figure
 
 
 def make_data(work: Path) -> dict[str, str]:
@@ -80,16 +83,16 @@ def job(model: str, source: str, images: int, workers: int, extra: list[str]) ->
         f"--data.num_workers={workers}",
         f"--data.val={VAL if VAL.exists() else 'default'}",
         "--data.max_val_images=1",
-        "--epochs=2",
-        "--val_every=2",
+        f"--epochs={EPOCHS}",
+        "--val_every=1",  # a row per epoch in metrics.jsonl (one validation image: validation is not timed)
         "--num_samples=0",
         "--scheduler=constant",
         *extra,
     ]
 
 
-def srtrain_rate(args: list[str], gpu: bool) -> float:
-    """Patches/s of epoch 2 of srtrain's own loop (`srtrain/main.py`, one process)."""
+def srtrain_rate(args: list[str]) -> list[float]:
+    """Patches/s of each timed epoch of srtrain's own loop (`srtrain/main.py`, one process)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"]
         cmd += ["--dynamo_backend", "no", str(ROOT / "srtrain" / "main.py"), *args, f"--output_dir={tmp}/run"]
@@ -99,12 +102,12 @@ def srtrain_rate(args: list[str], gpu: bool) -> float:
         if proc.returncode:
             sys.exit(f"srtrain failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    return rows[-1]["patches_per_s"]
+    return [row["patches_per_s"] for row in rows[1:]]
 
 
-def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int, compile: bool) -> tuple[float, float]:
+def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int, compile: bool) -> list[float]:
     """The ceiling: the same model, batch and patch on tensors already on the device, no data pipeline.
-    Returns patches/s and the seconds of the first step (with `compile`, the compilation)."""
+    Returns the seconds of the first step (with `compile`, the compilation), then each timed epoch's patches/s."""
     import torch
 
     from srtrain.models import build_model
@@ -133,11 +136,11 @@ def bare_rate(model_name: str, precision: str, channels_last: bool, patches: int
 
     first_step = BATCH / epoch(1)
     epoch(steps)  # warm-up, as srtrain's epoch 1
-    return epoch(steps), first_step
+    return [first_step, *(epoch(steps) for _ in range(EPOCHS - 1))]
 
 
-def pipeline_rate(source: str, workers: int) -> float:
-    """srtrain's loader and device-side degradation alone: patches/s with no model."""
+def pipeline_rate(source: str, workers: int) -> list[float]:
+    """srtrain's loader and device-side degradation alone: patches/s of each timed epoch, no model."""
     import torch
     from accelerate import Accelerator
 
@@ -148,12 +151,14 @@ def pipeline_rate(source: str, workers: int) -> float:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     overrides = {"data.train": source, "data.num_workers": workers, "data.repeat": 40}
     loader = make_train_loader(load_config(overrides={**overrides, "scale": SCALE, "patch_size": PATCH}), accelerator)
-    for epoch in (1, 2):
+    rates = []
+    for epoch in range(1, EPOCHS + 1):
         loader.dataset.set_epoch(epoch)
         start, patches = time.perf_counter(), 0
         for batch in loader:
             patches += len(training_pair(batch, SCALE)["lr"])
-    return patches / (time.perf_counter() - start)
+        rates.append(patches / (time.perf_counter() - start))
+    return rates[1:]
 
 
 def child(kind: str, args: list[str]) -> list[float]:
@@ -183,7 +188,7 @@ def main() -> None:
         if kind == "bare":
             print(*bare_rate(rest[0], rest[1], rest[2] == "1", int(rest[3]), rest[4] == "1"))
         else:
-            print(pipeline_rate(rest[0], int(rest[1])))
+            print(*pipeline_rate(rest[0], int(rest[1])))
         return
     import torch
 
@@ -205,31 +210,31 @@ def main() -> None:
                 extra = [f"--mixed_precision={precision}", f"--channels_last={str(cl).lower()}"]
                 extra += [f"--compile={str(compiled).lower()}"]
                 tag = precision + (" + channels_last" if cl else "") + (" + compile" if compiled else "")
-                rate, first_step = child(
+                first_step, *rates = child(
                     "bare", [model, precision, str(int(cl)), str(PATCHES[model]), str(int(compiled))]
                 )
-                rows.setdefault((model, tag, "bare loop", "-"), []).append(rate)
+                rows.setdefault((model, tag, "bare loop", "-"), []).extend(rates)
                 compile_s.setdefault((model, tag), []).append(first_step)
                 for mode, source in sources.items():
                     for w in workers:
-                        rate = srtrain_rate(job(model, source, images, w, extra), args.gpu)
-                        rows.setdefault((model, tag, f"srtrain, {mode}", str(w)), []).append(rate)
+                        rates = srtrain_rate(job(model, source, images, w, extra))
+                        rows.setdefault((model, tag, f"srtrain, {mode}", str(w)), []).extend(rates)
         for mode, source in sources.items():
             for w in workers:
-                rows.setdefault(("-", "-", f"pipeline only, {mode}", str(w)), []).append(
-                    child("pipe", [source, str(w)])[0]
+                rows.setdefault(("-", "-", f"pipeline only, {mode}", str(w)), []).extend(
+                    child("pipe", [source, str(w)])
                 )
     device = torch.cuda.get_device_name() if args.gpu else f"{platform.processor() or platform.machine()} CPU"
     stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     print(f"\n{stamp}; {device}, {os.cpu_count()} cores; torch {torch.__version__}")
     print(f"threads {os.environ.get('OMP_NUM_THREADS', os.cpu_count())}; command: python {' '.join(sys.argv)}\n")
-    print("| model | precision | run | loader workers | patches/s | ratio to bare loop |")
-    print("|---|---|---|---|---|---|")
+    print("| model | precision | run | loader workers | patches/s | slowest-fastest epoch | ratio to bare loop |")
+    print("|---|---|---|---|---|---|---|")
     for (model, tag, run, w), rates in rows.items():
         rate = statistics.median(rates)
         bare = rows.get((model, tag, "bare loop", "-"))
         ratio = f"{rate / statistics.median(bare):.2f}" if bare and model != "-" else "-"
-        print(f"| {model} | {tag} | {run} | {w} | {rate:.0f} | {ratio} |")
+        print(f"| {model} | {tag} | {run} | {w} | {rate:.0f} | {min(rates):.0f}-{max(rates):.0f} | {ratio} |")
     print("\nbare loop's first step, s (compilation included where compiled; an empty inductor cache each time):")
     for (model, tag), seconds in compile_s.items():
         print(f"  {model}, {tag}: {', '.join(f'{s:.1f}' for s in seconds)}")

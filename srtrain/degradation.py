@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 _KERNEL_WIDTH = 4.0  # support of the cubic kernel, [-2, 2]
+BLOCKS_MIN_LEN = 512  # shortest axis that `_downscale_axis` resizes faster than the dense matmul
 
 
 def modcrop(x: Tensor, scale: int) -> Tensor:
@@ -101,11 +102,13 @@ def _downscale_axis(x: Tensor, axis: int, factor: int, antialias: bool, dtype: t
 
 
 def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, antialias: bool, dtype: torch.dtype) -> Tensor:
-    """Resize along H (``axis`` -2) or W (``axis`` -1), computed in ``dtype``: by blocks for a whole factor
-    down, else by a matmul with the cached weight matrix."""
+    """Resize along H (``axis`` -2) or W (``axis`` -1), computed in ``dtype``: by blocks for a whole factor down
+    on one large image, else by a matmul with the cached weight matrix. (Measured on 2 CPU cores: blocks win 2x
+    on one 1024 px image, the matmul wins 1.5-5x on images under 512 px and on batches of patches.)"""
     in_len = x.shape[axis]
     factor = in_len // out_len
-    if factor > 1 and in_len == factor * out_len and math.isclose(scale * factor, 1, rel_tol=1e-12):
+    whole_factor = factor > 1 and in_len == factor * out_len and math.isclose(scale * factor, 1, rel_tol=1e-12)
+    if whole_factor and in_len >= BLOCKS_MIN_LEN and x.numel() // (x.shape[-1] * x.shape[-2]) <= 4:
         return _downscale_axis(x, axis, factor, antialias, dtype)
     matrix = _weight_matrix(in_len, out_len, scale, antialias, x.device, dtype)
     x = x.to(dtype)

@@ -10,7 +10,6 @@ from srtrain.data.patches import (
     StreamPatches,
     TrainPatches,
     ValImages,
-    augment,
     random_patch,
     training_pair,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "StreamPatches",
     "TrainPatches",
     "ValImages",
-    "augment",
     "data_root",
     "load_images",
     "load_prepared",

@@ -157,6 +157,11 @@ class ImageSet:
     def lr(self, i: int) -> torch.Tensor | None:
         return None if self.lr_column is None else self._pixels(self.lr_column, i)
 
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image `i`'s HR and LR (None unless paired) as uint8 CHW arrays to cut patches from, not to write to."""
+        lr = self.lr(i)
+        return self.hr(i).numpy(), None if lr is None else lr.numpy()
+
     def problems(self, scale: int, min_hr: int, fix: str) -> list[tuple[int, str]]:
         """Every unusable image as (index, message): unreadable, truncated or corrupt (the pixels are decoded, and
         cached when `cache`), too small, or an LR that does not match HR/scale."""

@@ -285,17 +285,22 @@ class PreparedImages:
         s = 1 if column == self.hr_column else int(column.rsplit("x", 1)[1])
         return int(h) // s, int(w) // s
 
-    def _pixels(self, column: str, i: int) -> torch.Tensor:
+    def _mapped(self, column: str, i: int) -> np.ndarray:
+        """Tile `i` of `column` as a read-only CHW view of the mapped file: nothing is copied."""
         c, h, w = self.shapes[i]
         s = 1 if column == self.hr_column else int(column.rsplit("x", 1)[1])
-        raw = bytearray(self.columns[column][int(self.rows[i])].as_buffer())
-        return torch.frombuffer(raw, dtype=torch.uint8).view(int(c), int(h) // s, int(w) // s)
+        buffer = self.columns[column][int(self.rows[i])].as_buffer()
+        return np.frombuffer(buffer, dtype=np.uint8).reshape(int(c), int(h) // s, int(w) // s)
 
     def hr(self, i: int) -> torch.Tensor:
-        return self._pixels(self.hr_column, i)
+        return torch.from_numpy(self._mapped(self.hr_column, i).copy())
 
     def lr(self, i: int) -> torch.Tensor | None:
-        return None if self.lr_column is None else self._pixels(self.lr_column, i)
+        return None if self.lr_column is None else torch.from_numpy(self._mapped(self.lr_column, i).copy())
+
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tile `i`'s HR and LR (None unless paired) as views of the mapped file: a patch is the only copy made."""
+        return self._mapped(self.hr_column, i), None if self.lr_column is None else self._mapped(self.lr_column, i)
 
     def problems(self, scale: int, min_hr: int, fix: str) -> list[tuple[int, str]]:
         """(index, message) of every tile too small for training; fails at once if the LR column is for another
