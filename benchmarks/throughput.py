@@ -180,6 +180,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="0 loader workers, one round, a quarter of the patches")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 2; 1 with --quick)")
     p.add_argument("--models", default="espcn,edsr")
+    p.add_argument("--workers", default="0,1,2", help="loader worker counts (--quick and --compile: 0)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "srtrain_throughput")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -196,7 +197,7 @@ def main() -> None:
         PATCHES.update({model: n // 4 for model, n in PATCHES.items()})
     sources = make_data(args.work)
     images = len(list(Path(sources["folder"]).glob("*.png")))
-    workers = (0,) if args.quick or args.compile else (0, 1, 2)
+    workers = (0,) if args.quick or args.compile else tuple(int(w) for w in args.workers.split(","))
     sources = {"folder": sources["folder"]} if args.compile else sources
     rounds = args.rounds or (1 if args.quick else 2)
     precisions = [("bf16", False), ("bf16", True)] if args.gpu else [("no", False)]
