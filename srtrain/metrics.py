@@ -30,9 +30,9 @@ def quantize(x: Tensor) -> Tensor:
     """Clamp to [0, 1] and round to the 256 uint8 levels, as float64 in 0..255.
 
     Rounding is half away from zero, like MATLAB's ``im2uint8``, because the protocol scores the saved
-    8-bit image, not the raw network output. (In place after the clamp's copy: one allocation, not four.)
+    8-bit image, not the raw network output. (In place on one float64 copy: one allocation, not four.)
     """
-    return x.double().clamp(0, 1).mul_(255).add_(0.5).floor_()
+    return x.to(torch.float64, copy=True).clamp_(0, 1).mul_(255).add_(0.5).floor_()
 
 
 def rgb_to_y(x255: Tensor, gray: GrayMode = "replicate") -> Tensor:

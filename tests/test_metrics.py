@@ -163,6 +163,9 @@ def test_identical_images() -> None:
 def test_quantize_clamps_and_rounds() -> None:
     x = torch.tensor([-0.3, 0.0, 0.4 / 255, 0.6 / 255, 1.0, 1.7])
     assert torch.equal(quantize(x), torch.tensor([0.0, 0.0, 0.0, 1.0, 255.0, 255.0], dtype=torch.float64))
+    x64 = x.double()
+    quantize(x64)  # works in place on its own copy: the caller's float64 tensor is left as it was
+    assert torch.equal(x64, x.double())
 
 
 def test_rgb_to_y_range_and_gray_modes() -> None:
