@@ -108,7 +108,8 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, antialias: bo
     in_len = x.shape[axis]
     factor = in_len // out_len
     whole_factor = factor > 1 and in_len == factor * out_len and math.isclose(scale * factor, 1, rel_tol=1e-12)
-    if whole_factor and in_len >= BLOCKS_MIN_LEN and x.numel() // (x.shape[-1] * x.shape[-2]) <= 4:
+    one_image = x.numel() <= 4 * x.shape[-2] * x.shape[-1]  # at most 4 channel planes, not a batch of patches
+    if whole_factor and one_image and in_len >= BLOCKS_MIN_LEN:
         return _downscale_axis(x, axis, factor, antialias, dtype)
     matrix = _weight_matrix(in_len, out_len, scale, antialias, x.device, dtype)
     x = x.to(dtype)

@@ -256,7 +256,8 @@ def _byte_spans(column: pa.ChunkedArray) -> tuple[list[np.ndarray], np.ndarray]:
 
 @dataclass
 class PreparedImages:
-    """The tiles of a prepared dataset with `ImageSet`'s interface: pixels are a copy out of the mapped file.
+    """The tiles of a prepared dataset with `ImageSet`'s interface: `hr`/`lr` copy a tile out of the mapped file,
+    `arrays` gives views of it (training copies only the patch it cuts).
 
     `dataset` is as loaded (no `select`: its Arrow table is read directly); `rows` are the tiles in use when some
     were skipped, all of them when None."""
