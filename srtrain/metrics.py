@@ -80,7 +80,7 @@ def _psnr(a: Tensor, b: Tensor, peak: float) -> Tensor:
     return 10 * torch.log10(peak**2 / _mse(a, b))
 
 
-SSIM_FLOAT32_PIXELS = 256 * 256  # smaller images are scored in float64: it costs nothing there
+SSIM_STRIP_PIXELS = 1 << 17  # pixels per map in one strip of `_ssim`: five maps of it stay in a CPU's cache
 
 
 @functools.cache
@@ -107,34 +107,37 @@ def _gaussian_filter(x: Tensor) -> Tensor:
     return x
 
 
-def _ssim(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Mean SSIM map of (N, 1, H, W) images in 0..255, Gaussian window, 'valid' filtering.
+def _ssim(x: Tensor, y: Tensor) -> Tensor:
+    """Mean SSIM map of (N, 1, H, W) images in 0..255, Gaussian window, 'valid' filtering, in float64 throughout.
 
-    The filtering, nearly all the cost, runs in `dtype`; by default float32 for images of at least
-    `SSIM_FLOAT32_PIXELS` (float32 arithmetic moves half the bytes of float64), else
-    float64. Centring each image pair on its mean first keeps the local variances (E[x^2] - mu^2) from
-    cancelling catastrophically, and the per-pixel float32 errors average out over a large map, so the mean
-    SSIM stays within 1e-6 of the float64 figure (tested); the SSIM formula itself is evaluated in float64.
+    The map is computed in strips of rows (each with the 10 rows of context the window needs) and summed strip by
+    strip: a strip's moments, filtered moments and formula stay in cache, where whole-image maps would stream
+    through memory dozens of times. That makes float64 as fast as float32 over whole maps, and exact.
     """
     if min(x.shape[-2:]) < _SSIM_SIZE:
         size = tuple(x.shape[-2:])
         raise ValueError(f"SSIM needs images of at least {_SSIM_SIZE}x{_SSIM_SIZE} after shaving, got {size}")
-    if dtype is None:
-        dtype = torch.float32 if x.shape[-2] * x.shape[-1] >= SSIM_FLOAT32_PIXELS else torch.float64
-    centre = (x.mean(dim=(1, 2, 3), keepdim=True) + y.mean(dim=(1, 2, 3), keepdim=True)) / 2
-    xc, yc = (x - centre).to(dtype), (y - centre).to(dtype)
-    moments = torch.cat([xc, yc, xc * xc, yc * yc, xc * yc], dim=1)
-    # The formula in place, on the filtered maps' float64 copy: fresh float64 maps per step cost more than the math.
-    mu_xc, mu_yc, xx, yy, xy = _gaussian_filter(moments).double().unbind(dim=1)
-    squares = mu_xc.square()
-    squares.addcmul_(mu_yc, mu_yc)
-    variances = xx.add_(yy).sub_(squares).add_(_SSIM_C2)  # var_x + var_y + C2
-    covariance = xy.sub_(mu_xc * mu_yc).mul_(2).add_(_SSIM_C2)  # 2 cov + C2
-    centre = centre.flatten(1)[..., None]
-    mu_x, mu_y = mu_xc.add_(centre), mu_yc.add_(centre)
-    ssim_map = (mu_x * mu_y).mul_(2).add_(_SSIM_C1).mul_(covariance)
-    ssim_map.div_(mu_x.square_().add_(mu_y.square_()).add_(_SSIM_C1).mul_(variances))
-    return ssim_map.flatten(1).mean(dim=1)
+    x, y = x.double(), y.double()
+    n, _, height, width = x.shape
+    out_h, context = height - _SSIM_SIZE + 1, _SSIM_SIZE - 1
+    rows = max(1, min(out_h, SSIM_STRIP_PIXELS // (n * width)))
+    moments = x.new_empty(n, 5, rows + context, width)
+    total = x.new_zeros(n)
+    for top in range(0, out_h, rows):
+        bottom = min(top + rows, out_h) + context
+        xs, ys, m = x[..., top:bottom, :], y[..., top:bottom, :], moments[..., : bottom - top, :]
+        m[:, :1], m[:, 1:2] = xs, ys
+        torch.mul(xs, xs, out=m[:, 2:3])
+        torch.mul(ys, ys, out=m[:, 3:4])
+        torch.mul(xs, ys, out=m[:, 4:])
+        mu_x, mu_y, xx, yy, xy = _gaussian_filter(m).unbind(dim=1)
+        mu_xy = mu_x * mu_y
+        variances = xx.add_(yy).sub_(mu_x.square_()).sub_(mu_y.square_()).add_(_SSIM_C2)  # var_x + var_y + C2
+        covariance = xy.sub_(mu_xy).mul_(2).add_(_SSIM_C2)  # 2 cov + C2
+        ssim_map = mu_xy.mul_(2).add_(_SSIM_C1).mul_(covariance)
+        ssim_map.div_(mu_x.add_(mu_y).add_(_SSIM_C1).mul_(variances))  # mu_x, mu_y hold their squares here
+        total += ssim_map.sum(dim=(1, 2))
+    return total / (out_h * (width - context))
 
 
 class Scored:
