@@ -81,8 +81,9 @@ def evaluate(
     """Per-image `index`, `loss` (with a loss function) and scores over the whole sharded loader,
     gathered on every process in image order.
 
-    The model runs under the accelerator's autocast; its output is scored in float64 after rounding to
-    uint8, as the SR literature scores saved images.
+    The model runs in the caller's precision (training validates in float32; `srtrain eval --mixed-precision`
+    runs this under autocast); its float32 output is scored in float64 after rounding to uint8, as the SR
+    literature scores saved images.
     """
     model.eval()
     keys = ["index", *(["loss"] if loss_fn else []), *scores]

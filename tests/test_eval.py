@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -102,6 +103,21 @@ def test_checkpoint_folder_and_run_dir(tmp_path, accelerator):
     direct = evaluate_source(model, DataConfig(val=str(DATA / "Set5")), 2, accelerator)
     assert result["scale"] == 2 and result["psnr_y"] == pytest.approx(direct["psnr_y"], abs=1e-9)
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(DATA / "Set5"), "--scale", "4"]) == 2
+
+
+def test_mixed_precision_eval_runs_the_model_under_autocast(tmp_path, accelerator):
+    """`srtrain eval --mixed-precision bf16` scores the bf16 forward: close to the float32 figure, not equal to it."""
+    torch.manual_seed(0)
+    model = build_model("espcn", 2, channels=16)
+    config = "model: {name: espcn, channels: 16}\nscale: 2\n"
+    save_checkpoint(tmp_path / "run", model, torch.optim.Adam(model.parameters()), TrainState(), config)
+    fp32 = evaluate_source(model, DataConfig(val=str(DATA / "Set5")), 2, accelerator)["psnr_y"]
+    args = ["--checkpoint", str(tmp_path / "run"), "--data", str(DATA / "Set5"), "--mixed-precision", "bf16"]
+    cmd = [sys.executable, "-m", "srtrain", "eval", *args, "--json", str(tmp_path / "bf16.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # a fresh process: a fresh AcceleratorState
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bf16 = json.loads((tmp_path / "bf16.json").read_text())["results"][0]["psnr_y"]
+    assert bf16 != fp32 and abs(bf16 - fp32) < 0.1, (bf16, fp32)
 
 
 def test_two_processes_score_each_image_once(tmp_path):
