@@ -80,7 +80,7 @@ def _psnr(a: Tensor, b: Tensor, peak: float) -> Tensor:
     return 10 * torch.log10(peak**2 / _mse(a, b))
 
 
-SSIM_STRIP_PIXELS = 1 << 17  # pixels per map in one strip of `_ssim`: five maps of it stay in a CPU's cache
+SSIM_STRIP_PIXELS = 1 << 17  # pixels per map in one strip of `_ssim`: four maps of it stay in a CPU's cache
 
 
 @functools.cache
@@ -121,18 +121,17 @@ def _ssim(x: Tensor, y: Tensor) -> Tensor:
     n, _, height, width = x.shape
     out_h, context = height - _SSIM_SIZE + 1, _SSIM_SIZE - 1
     rows = max(1, min(out_h, SSIM_STRIP_PIXELS // (n * width)))
-    moments = x.new_empty(n, 5, rows + context, width)
+    moments = x.new_empty(n, 4, rows + context, width)
     total = x.new_zeros(n)
     for top in range(0, out_h, rows):
         bottom = min(top + rows, out_h) + context
         xs, ys, m = x[..., top:bottom, :], y[..., top:bottom, :], moments[..., : bottom - top, :]
         m[:, :1], m[:, 1:2] = xs, ys
-        torch.mul(xs, xs, out=m[:, 2:3])
-        torch.mul(ys, ys, out=m[:, 3:4])
-        torch.mul(xs, ys, out=m[:, 4:])
-        mu_x, mu_y, xx, yy, xy = _gaussian_filter(m).unbind(dim=1)
+        torch.mul(xs, xs, out=m[:, 2:3]).addcmul_(ys, ys)  # the formula needs var_x + var_y only: one map, not two
+        torch.mul(xs, ys, out=m[:, 3:])
+        mu_x, mu_y, squares, xy = _gaussian_filter(m).unbind(dim=1)
         mu_xy = mu_x * mu_y
-        variances = xx.add_(yy).sub_(mu_x.square_()).sub_(mu_y.square_()).add_(_SSIM_C2)  # var_x + var_y + C2
+        variances = squares.sub_(mu_x.square_()).sub_(mu_y.square_()).add_(_SSIM_C2)  # var_x + var_y + C2
         covariance = xy.sub_(mu_xy).mul_(2).add_(_SSIM_C2)  # 2 cov + C2
         ssim_map = mu_xy.mul_(2).add_(_SSIM_C1).mul_(covariance)
         ssim_map.div_(mu_x.add_(mu_y).add_(_SSIM_C1).mul_(variances))  # mu_x, mu_y hold their squares here
