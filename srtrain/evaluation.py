@@ -97,7 +97,8 @@ def evaluate(
         sr = super_resolve(model, lr, scale, tile, overlap)
         columns = [batch["index"].to(torch.float64)]
         if loss_fn:
-            columns.append(torch.stack([loss_fn(s[None], h[None]) for s, h in zip(sr, hr, strict=True)]).double())
+            target = hr.float().div_(255)
+            columns.append(torch.stack([loss_fn(s[None], h[None]) for s, h in zip(sr, target, strict=True)]).double())
         pair = Scored(sr, hr, scale, gray)  # quantized and converted to Y once for every score
         columns += [SCORES[name](pair) for name in scores]
         rows.append(accelerator.gather_for_metrics(torch.stack(columns, dim=1)))

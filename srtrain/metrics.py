@@ -4,7 +4,7 @@ NRMSE, and FSIM/FSIMc as the authors' MATLAB code computes them.
 Scores are only comparable with published tables if computed the same way, so every function scores
 what the protocol scores: the output clamped to [0, 1] and rounded to uint8 levels. Inputs are batched
 (N, C, H, W) float images in [0, 1] (C = 3 RGB or C = 1 gray); outputs are float64 (N,) per-image
-values on the input's device.
+values on the input's device. A uint8 image (0..255) may stand for either: it is scored on its levels as they are.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ _SSIM_C2 = (0.03 * 255) ** 2
 
 
 def quantize(x: Tensor) -> Tensor:
-    """Clamp to [0, 1] and round to the 256 uint8 levels, as float64 in 0..255.
+    """Clamp to [0, 1] and round to the 256 uint8 levels, as float64 in 0..255; a uint8 image is on them already.
 
     Rounding is half away from zero, like MATLAB's ``im2uint8``, because the protocol scores the saved
     8-bit image, not the raw network output. (In place on one float64 copy: one allocation, not four.)
     """
+    if x.dtype == torch.uint8:
+        return x.double()
     return x.to(torch.float64, copy=True).clamp_(0, 1).mul_(255).add_(0.5).floor_()
 
 

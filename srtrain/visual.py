@@ -25,7 +25,7 @@ MARK = (255, 40, 40)  # the crop's frame on the whole images
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
-    """A (1, C, H, W) or (C, H, W) image in [0, 1] as HxWx3 uint8 (gray replicated)."""
+    """A (1, C, H, W) or (C, H, W) image in [0, 1] (or uint8) as HxWx3 uint8 (gray replicated)."""
     image = image[0] if image.dim() == 4 else image
     return quantize(image).expand(3, -1, -1).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
 
@@ -116,7 +116,7 @@ def crop_comparison(
     hr: Tensor, methods: list[tuple[str, Tensor]], box: tuple[int, int, int], width: int = 192
 ) -> np.ndarray:
     """One row: the HR crop, then each method's same crop, zoomed, labelled with the method and its crop PSNR-Y.
-    `hr` and every method's output are (1, C, H, W) in [0, 1] of one size."""
+    `hr` and every method's output are (1, C, H, W) in [0, 1] (or uint8) of one size."""
     panels = [labelled(zoom(to_uint8(hr), box, width), "HR")]
     for name, sr in methods:
         panels.append(labelled(zoom(to_uint8(sr), box, width), f"{name} {crop_psnr(sr, hr, box):.2f} dB"))

@@ -168,6 +168,18 @@ def test_quantize_clamps_and_rounds() -> None:
     assert torch.equal(x64, x.double())
 
 
+def test_uint8_images_are_scored_on_their_levels() -> None:
+    """Validation hands HR over as uint8: every score of it equals the score of the same image as floats."""
+    torch.manual_seed(0)
+    hr = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8)
+    sr = (hr.float() / 255 + torch.randn(hr.shape) * 0.05).clamp(0, 1)
+    assert torch.equal(quantize(hr), hr.double())
+    as_float = hr.float() / 255
+    for score in (psnr_y, ssim_y):
+        assert torch.equal(score(sr, hr, 4), score(sr, as_float, 4))
+    assert torch.equal(psnr_rgb(sr, hr), psnr_rgb(sr, as_float))
+
+
 def test_rgb_to_y_range_and_gray_modes() -> None:
     white = torch.full((1, 3, 2, 2), 255.0)
     assert torch.allclose(rgb_to_y(white), torch.tensor(235.0, dtype=torch.float64))
