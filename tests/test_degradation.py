@@ -154,8 +154,8 @@ def test_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize("antialias", [True, False])
 @pytest.mark.parametrize("factor", [2, 3, 4])
-def test_whole_factor_downscale_by_blocks_matches_the_weight_matrix(factor: int, antialias: bool) -> None:
-    # A downscale by a whole factor sums its taps block by block (degradation._downscale_axis); it must equal
+def test_whole_factor_downscale_by_taps_matches_the_weight_matrix(factor: int, antialias: bool) -> None:
+    # A downscale by a whole factor sums its taps as strided views (degradation._downscale_axis); it must equal
     # MATLAB's contributions applied as the dense matrix, edges (clamped taps) included, up to float64 rounding.
     x = torch.rand(2, 3, 5 * factor, 7 * factor, dtype=torch.float64, generator=torch.Generator().manual_seed(factor))
     expected = x
@@ -168,4 +168,7 @@ def test_whole_factor_downscale_by_blocks_matches_the_weight_matrix(factor: int,
     for axis in (-2, -1):  # called directly: imresize takes this path only for one image of 512 px and more
         got = degradation._downscale_axis(got, axis, factor, antialias, torch.float64)
     assert torch.allclose(got, expected, rtol=0, atol=1e-13)
+    levels = (x * 255).round().to(torch.uint8)  # uint8 in: computed in float64 without a converted copy first
+    as_float = degradation._downscale_axis(levels.double(), -2, factor, antialias, torch.float64)
+    assert torch.equal(degradation._downscale_axis(levels, -2, factor, antialias, torch.float64), as_float)
     assert torch.allclose(imresize(x, size=(5, 7), antialias=antialias), got, rtol=0, atol=1e-13)
