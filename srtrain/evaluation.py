@@ -61,10 +61,11 @@ def super_resolve(model: torch.nn.Module, lr: Tensor, scale: int, tile: int = 0,
     back as its luma (the rgb2ycbcr weights), so that it can be scored as gray.
 
     The model is fed channels_last (NHWC) input: on CPU the zoo's CNNs run 10-45 % faster (SwinIR and SRCNN
-    the same; docs/performance.md). Every consumer of SR output comes through here, so validation, `srtrain
-    eval`, `upscale` and `report` compute the same pixels."""
+    the same; docs/performance.md), and its output comes back channels_last (`quantize` makes the scored copy
+    contiguous). Every consumer of SR output comes through here, so validation, `srtrain eval`, `upscale` and
+    `report` compute the same pixels."""
     rgb = (lr.expand(-1, 3, -1, -1) if lr.shape[1] == 1 else lr).contiguous(memory_format=torch.channels_last)
-    sr = _tiled(model, rgb, scale, tile, overlap).float().contiguous()
+    sr = _tiled(model, rgb, scale, tile, overlap).float()
     if lr.shape[1] == 1:
         sr = ((rgb_to_y(sr * 255) - 16) / 219).float()
     return sr

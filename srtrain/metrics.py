@@ -30,11 +30,13 @@ def quantize(x: Tensor) -> Tensor:
     """Clamp to [0, 1] and round to the 256 uint8 levels, as float64 in 0..255; a uint8 image is on them already.
 
     Rounding is half away from zero, like MATLAB's ``im2uint8``, because the protocol scores the saved
-    8-bit image, not the raw network output. (In place on one float64 copy: one allocation, not four.)
+    8-bit image, not the raw network output. (In place on one float64 copy, contiguous whatever the input's layout
+    (the model's output is channels_last): one allocation, not four.)
     """
     if x.dtype == torch.uint8:
         return x.double()
-    return x.to(torch.float64, copy=True).clamp_(0, 1).mul_(255).add_(0.5).floor_()
+    levels = x.to(torch.float64, copy=True, memory_format=torch.contiguous_format)
+    return levels.clamp_(0, 1).mul_(255).add_(0.5).floor_()
 
 
 def rgb_to_y(x255: Tensor, gray: GrayMode = "replicate") -> Tensor:
