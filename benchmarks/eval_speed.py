@@ -4,8 +4,9 @@
         [--metrics psnr_y,ssim_y,psnr_rgb,ssim_rgb,mse,nrmse,fsim]
 
 Prints the median process CPU seconds (stable under other users' load) and wall seconds over the repeats of:
-PNG decoding, MATLAB bicubic LR creation, the model's inference alone, each metric (each pays its own
-quantization), and the end-to-end `evaluate_source` (what `srtrain eval` runs, default metrics).
+PNG decoding, MATLAB bicubic LR creation, the model's inference alone (`super_resolve`, as evaluation runs it),
+each metric (each pays its own quantization of SR; HR is uint8, as validation hands it over), and the end-to-end
+`evaluate_source` (what `srtrain eval` runs, default metrics, images decoded once and cached as there).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from accelerate import Accelerator
 from srtrain.config import DataConfig
 from srtrain.data import load_images
 from srtrain.degradation import imresize, modcrop
-from srtrain.evaluation import SCORES, evaluate_source
+from srtrain.evaluation import SCORES, evaluate_source, super_resolve
 from srtrain.metrics import Scored
 from srtrain.models import build_model
 
@@ -53,19 +54,20 @@ def main() -> None:
     hr = [modcrop(images.hr(i), s) for i in range(len(images))]
     resize = median_seconds(lambda: [imresize(x, 1 / s) for x in hr], n)
     lr = [(imresize(x, 1 / s).float() / 255)[None] for x in hr]
-    hr01 = [(x.float() / 255)[None] for x in hr]
     torch.manual_seed(0)
     model = build_model(args.model, s).eval()
     with torch.no_grad():
-        upscale = median_seconds(lambda: [model(x) for x in lr], n)
-        sr = [model(x).clamp(0, 1) for x in lr]
+        upscale = median_seconds(lambda: [super_resolve(model, x, s) for x in lr], n)
+        sr = [super_resolve(model, x, s) for x in lr]
+    pairs = list(zip(sr, (x[None] for x in hr), strict=True))
     metric = {
-        name: median_seconds(lambda fn=fn: [fn(Scored(a, b, s, "direct")) for a, b in zip(sr, hr01, strict=True)], n)
+        name: median_seconds(lambda fn=fn: [fn(Scored(a, b, s, "direct")) for a, b in pairs], n)
         for name, fn in SCORES.items()
         if name in args.metrics.split(",")
     }
     accelerator = Accelerator(cpu=True)
-    end_to_end = median_seconds(lambda: evaluate_source(model, data, s, accelerator), n)
+    cached = DataConfig(val=args.data, gray="direct")
+    end_to_end = median_seconds(lambda: evaluate_source(model, cached, s, accelerator), n)
 
     print(
         f"{Path(args.data).name} x{s}: {len(hr)} images, {platform.processor() or platform.machine()}, "
