@@ -30,8 +30,8 @@ def quantize(x: Tensor) -> Tensor:
     """Clamp to [0, 1] and round to the 256 uint8 levels, as float64 in 0..255; a uint8 image is on them already.
 
     Rounding is half away from zero, like MATLAB's ``im2uint8``, because the protocol scores the saved
-    8-bit image, not the raw network output. (In place on one float64 copy, contiguous whatever the input's layout
-    (the model's output is channels_last): one allocation, not four.)
+    8-bit image, not the raw network output. (In place on one float64 copy, made contiguous whatever the input's
+    layout, such as the model's channels_last output: one allocation, not four.)
     """
     if x.dtype == torch.uint8:
         return x.double()
@@ -116,7 +116,8 @@ def _ssim(x: Tensor, y: Tensor) -> Tensor:
 
     The map is computed in strips of rows (each with the 10 rows of context the window needs) and summed strip by
     strip: a strip's moments, filtered moments and formula stay in cache, where whole-image maps would stream
-    through memory dozens of times. That makes float64 as fast as float32 over whole maps, and exact.
+    through memory dozens of times. So exact float64 costs less than the float32 filtering of whole maps that it
+    replaced (docs/performance.md, "Evaluation speed").
     """
     if min(x.shape[-2:]) < _SSIM_SIZE:
         size = tuple(x.shape[-2:])
