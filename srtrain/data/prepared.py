@@ -301,11 +301,9 @@ class PreparedImages:
 
     def _mapped(self, column: str, i: int) -> np.ndarray:
         """Tile `i` of `column` as a read-only CHW view of the mapped file: nothing is copied."""
-        c, h, w = self.shapes[i]
-        s = 1 if column == self.hr_column else int(column.rsplit("x", 1)[1])
         chunks, spans = self.columns[column]
         chunk, start, stop = spans[self.rows[i]]
-        return chunks[chunk][start:stop].reshape(int(c), int(h) // s, int(w) // s)
+        return chunks[chunk][start:stop].reshape(int(self.shapes[i][0]), *self.size(column, i))
 
     def hr(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self._mapped(self.hr_column, i).copy())
