@@ -8,7 +8,7 @@ if __package__ in (None, ""):
     # imports as `srtrain` even without `pip install -e .`.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from srtrain.cli import train_main  # noqa: E402
+from srtrain.__main__ import run  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(train_main(sys.argv[1:]))
+    sys.exit(run(["train", *sys.argv[1:]]))

@@ -1,0 +1,33 @@
+"""The `srtrain` entry points: how a command starts, whichever way it is launched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+AFTER_A_COMMAND = """
+import gc, weakref
+from srtrain.__main__ import run
+assert run(["models", "--no-latency"]) == 0
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+alive = weakref.ref(a)
+del a, b
+gc.collect()
+print("RESULT", gc.isenabled(), gc.get_freeze_count(), alive() is None)
+"""
+
+
+def test_a_command_freezes_what_its_imports_made_and_still_collects_garbage() -> None:
+    proc = subprocess.run([sys.executable, "-c", AFTER_A_COMMAND], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    enabled, frozen, collected = proc.stdout.rsplit("RESULT", 1)[1].split()
+    assert enabled == "True" and collected == "True"
+    assert int(frozen) > 100_000  # torch's and datasets' objects, out of every collection
+
+
+def test_the_console_script_starts_through_the_frozen_imports() -> None:
+    (entry,) = entry_points(group="console_scripts", name="srtrain")
+    assert entry.value == "srtrain.__main__:run"
