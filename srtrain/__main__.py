@@ -2,10 +2,11 @@
 
 import gc
 import sys
+from collections.abc import Callable
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Import the command line with the cyclic garbage collector paused, freeze what the imports made, then run.
+def load_cli() -> Callable[[list[str] | None], int]:
+    """Import the command line with the cyclic garbage collector paused, then freeze what the imports made.
 
     torch, datasets and accelerate leave some 450,000 long-lived objects behind on import; every full collection
     walks all of them, many times during the imports and again at the interpreter's exit. Frozen, they are out of
@@ -16,7 +17,12 @@ def run(argv: list[str] | None = None) -> int:
 
     gc.freeze()
     gc.enable()
-    return main(argv)
+    return main
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one srtrain command (`argv`, else the process's arguments)."""
+    return load_cli()(argv)
 
 
 if __name__ == "__main__":
