@@ -77,6 +77,14 @@ def close_process_group() -> None:
 def check_config_main(argv: list[str]) -> int:
     """Validate a job as training does, without starting it: `accelerate launch` turns every error of its
     workers into its own status 1 and a traceback, so batch scripts run this first and stop with 2 and one line."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            "usage: srtrain check-config [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]\n\n"
+            "Validate a job's configuration as training would, without loading data or training: status 0 and\n"
+            "one line when it is valid, status 2 and one line naming the problem when not (`srtrain --help` lists\n"
+            "the keys)."
+        )
+        return 0
     try:
         config_file, overrides = parse_overrides(argv)
         cfg = load_config(config_file, overrides)

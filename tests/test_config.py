@@ -97,6 +97,8 @@ def test_check_config_validates_without_training(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: lr must be a positive number, got 0.0"
     good = run(check)
     assert good.returncode == 0 and "configuration valid: espcn x4" in good.stdout
+    helped = run([*check, "--help"])
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: srtrain check-config") and not helped.stderr
     launched = run([*accelerate_launch(1), str(ROOT / "srtrain" / "main.py"), "--lr=0"])
     assert launched.returncode == 1 and "error: lr must be a positive number, got 0.0" in launched.stderr
     assert not (tmp_path / "runs").exists()
