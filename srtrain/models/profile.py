@@ -31,9 +31,11 @@ def multiply_adds(name: str, scale: int, output_hw: tuple[int, int] = (720, 1280
 
 
 def latency_ms(model: nn.Module, lr_size: int = 128, repeats: int = 3) -> float:
-    """Median wall time of a no-grad forward pass on a (1, 3, lr_size, lr_size) input, after one warm-up."""
+    """Median wall time of a no-grad forward pass on a (1, 3, lr_size, lr_size) input, after one warm-up.
+
+    The input is channels_last, as `evaluation.super_resolve` feeds every model in eval, upscale and validation."""
     model.eval()
-    lr = torch.rand(1, 3, lr_size, lr_size)
+    lr = torch.rand(1, 3, lr_size, lr_size).contiguous(memory_format=torch.channels_last)
     times = []
     with torch.no_grad():
         for _ in range(repeats + 1):
