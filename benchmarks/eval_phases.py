@@ -3,10 +3,10 @@
     cd /tmp && PYTHONPATH=<checkout> python <checkout>/benchmarks/eval_phases.py eval --model espcn --scale 4 \\
         --data /tmp/urban_standin
 
-The arguments are `srtrain`'s. The imports go through `srtrain.__main__.load_cli`, as every srtrain command's do; the
-functions below are wrapped to add up their wall and process CPU seconds, and the last line is the time from
-this script's first line to the command's return (the interpreter's start and exit come on top). Unlike `eval_speed.py`, which times each
-stage on its own, the stages here share one pass, so they add up to the loop.
+The arguments are `srtrain`'s. The imports go through `srtrain.__main__.load_cli`, as every srtrain command's
+do; the functions below are wrapped to add up their wall and process CPU seconds, and the last line is the time
+from this script's first line to the command's return (the interpreter's start and exit come on top). Unlike
+`eval_speed.py`, which times each stage on its own, the stages here share one pass, so they add up to the loop.
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ def load_cli() -> Callable[[list[str] | None], int]:
     every collection (about 1 s less per command on a 2-core machine, docs/performance.md), and loader workers forked
     later leave their pages shared."""
     gc.disable()
-    from srtrain.cli import main
-
-    gc.freeze()
-    gc.enable()
+    try:
+        from srtrain.cli import main
+    finally:  # a failed import must not leave the collector off in a process that goes on
+        gc.freeze()
+        gc.enable()
     return main
 
 
