@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -399,28 +400,36 @@ def main(argv: list[str] | None = None) -> int:
         close_process_group()
 
 
-def run_command(argv: list[str]) -> int:
-    if argv and argv[0] == "eval":
-        return eval_main(argv[1:])
-    if argv and argv[0] == "prepare":
-        return prepare_main(argv[1:])
-    if argv and argv[0] == "models":
-        return models_main(argv[1:])
-    if argv and argv[0] == "check-data":
-        from srtrain.datacheck import check_data_main
+def check_data_command(argv: list[str]) -> int:
+    """`srtrain check-data`: its own module, imported only when asked for; a bad source ends with one line."""
+    from srtrain.datacheck import check_data_main
 
-        try:
-            return check_data_main(argv[1:])
-        except DataError as err:
-            return _error(err)
-    if argv and argv[0] == "check-config":
-        return check_config_main(argv[1:])
-    if argv and argv[0] == "sweep":
-        return sweep_main(argv[1:])
-    if argv and argv[0] == "upscale":
-        return upscale_main(argv[1:])
-    if argv and argv[0] == "report":
-        return report_main(argv[1:])
-    if argv and argv[0] == "train":
-        argv = argv[1:]
-    return train_main(argv)
+    try:
+        return check_data_main(argv)
+    except DataError as err:
+        return _error(err)
+
+
+COMMANDS = {
+    "train": train_main,
+    "eval": eval_main,
+    "prepare": prepare_main,
+    "upscale": upscale_main,
+    "report": report_main,
+    "models": models_main,
+    "check-config": check_config_main,
+    "check-data": check_data_command,
+    "sweep": sweep_main,
+}
+
+
+def run_command(argv: list[str]) -> int:
+    """Dispatch on the first argument; without a command (only --key=value overrides, or nothing) it is training."""
+    if not argv or argv[0].startswith("-"):
+        return train_main(argv)
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        guess = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"did you mean '{guess[0]}'? " if guess else ""
+        return _error(ConfigError(f"unknown command '{argv[0]}': {hint}commands: {', '.join(COMMANDS)} (srtrain -h)"))
+    return command(argv[1:])

@@ -31,3 +31,11 @@ def test_a_command_freezes_what_its_imports_made_and_still_collects_garbage() ->
 def test_the_console_script_starts_through_the_frozen_imports() -> None:
     (entry,) = entry_points(group="console_scripts", name="srtrain")
     assert entry.value == "srtrain.__main__:run"
+
+
+def test_a_mistyped_command_is_named_with_the_nearest_one(capsys) -> None:
+    from srtrain.cli import main
+
+    assert main(["evl", "--model", "espcn"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: unknown command 'evl': did you mean 'eval'? commands: train, eval,")
