@@ -39,10 +39,15 @@ def _error(err: Exception, status: int = 2) -> int:
     return status
 
 
+def wants_help(argv: list[str]) -> bool:
+    """`-h`/`--help` anywhere among a command's --key=value arguments, which `parse_overrides` would take for a key."""
+    return any(a in ("-h", "--help") for a in argv)
+
+
 def train_main(argv: list[str]) -> int:
     """Parse, validate, train. Configuration and data errors end with one clear line and status 2, a diverged run
     or a failed checkpoint write with one line and status 1, a stop on a signal with EXIT_RESUMABLE (75)."""
-    if any(a in ("-h", "--help") for a in argv):
+    if wants_help(argv):
         from srtrain.config_doc import key_table
 
         print(USAGE + "\nconfiguration keys (--key=value; docs/configuration.md):\n\n" + key_table())
@@ -78,7 +83,7 @@ def close_process_group() -> None:
 def check_config_main(argv: list[str]) -> int:
     """Validate a job as training does, without starting it: `accelerate launch` turns every error of its
     workers into its own status 1 and a traceback, so batch scripts run this first and stop with 2 and one line."""
-    if any(a in ("-h", "--help") for a in argv):
+    if wants_help(argv):
         print(
             "usage: srtrain check-config [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]\n\n"
             "Validate a job's configuration as training would, without loading data or training: status 0 and\n"
