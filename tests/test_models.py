@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from srtrain.models import available_models, build_model, model_options, weights_free_options
+from srtrain.models.espcn import Tanh
 from srtrain.models.profile import multiply_adds, trainable_parameters
 from srtrain.models.resnet50 import PretrainedWeightsError, cached_weights_path
 from srtrain.models.weights import WeightsError, load_model_weights
@@ -23,6 +24,25 @@ def test_registry_has_the_whole_zoo():
     assert available_models() == ZOO
     with pytest.raises(ValueError, match="did you mean 'srcnn'"):
         build_model("srcn", 2)
+
+
+def test_espcn_tanh_is_torch_tanh_within_float32_rounding():
+    """ESPCN's inference tanh (2 sigmoid(2x) - 1 on CPU) against torch.tanh: the whole range, the tails, the edges;
+    with autograd on or in bfloat16 it is torch.tanh itself, and it never writes to its input."""
+    x = torch.cat(
+        [torch.linspace(-20, 20, 400_001), 3 * torch.randn(100_000), torch.tensor([0.0, float("inf"), -float("inf")])]
+    )
+    before = x.clone()
+    with torch.no_grad():
+        fast = Tanh()(x)
+    assert torch.equal(x, before)
+    assert (fast - torch.tanh(x)).abs().max() <= 2e-7
+    assert fast[-2:].tolist() == [1.0, -1.0] and Tanh()(torch.tensor([float("nan")])).isnan().all()
+    exact = x.requires_grad_()
+    assert torch.equal(Tanh()(exact), torch.tanh(exact))
+    with torch.no_grad():
+        low = x.bfloat16()
+        assert torch.equal(Tanh()(low), torch.tanh(low))
 
 
 @pytest.mark.parametrize("name", ZOO)
