@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Run HERE (a machine that reaches PyPI) before a device call: the wheels the GPU machine's image lacks, for its
-# Python (CPython 3.12, manylinux x86_64), into .whl/ (ignored by git) for the call to carry.
+# Python (CPython 3.12, manylinux x86_64), into .whl/ (in .gitignore) for the call to carry.
 #   bash benchmarks/gpu_wheels.sh      then: device run `bash benchmarks/gpu_checks.sh`, carry [".whl"]
 # datasets and wandb at the versions installed here (CI's) with their dependencies, and datasets 4.0.0 with its
 # pins as the fallback for an image whose pyarrow is older than the newer datasets needs. numpy, pandas and pyarrow
 # are left out: the image has them, and with them the folder would pass the 64 MiB a call carries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .git/info
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
 version() { python3 -c "import importlib.metadata as m; print(m.version('$1'))"; }
 target=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
     --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
