@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DATA, ROOT, accelerate_launch, needs_data
 from safetensors.torch import load_file
-from test_train import metrics, tiny_job
+from test_train import metrics, tiny_job, wandb_records
 
 pytestmark = needs_data
 MAIN = str(ROOT / "srtrain" / "main.py")
@@ -67,7 +67,11 @@ def test_only_the_main_process_writes(pair):
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last", "last.old", "best"}
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
     assert len(list((out / "samples").iterdir())) == 2
-    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+    (wandb_run,) = (out / "wandb").glob("offline-run-*")
+    records = wandb_records(wandb_run)  # finished before the process ended (srtrain.cli.end_process)
+    rows = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    assert [h["epoch"] for h in rows if "psnr_y" in h] == [1, 2]
+    assert [r["exit"]["exit_code"] for r in records if r.get("type") == "exit"] == [0]
 
 
 def test_validation_on_two_processes_equals_one(pair, tmp_path):

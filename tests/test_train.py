@@ -70,7 +70,8 @@ def wandb_summary(run_dir: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def wandb_history(run_dir: Path) -> list[dict]:
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of an offline W&B run's `.wandb` file, as W&B's own reader decodes it."""
     proc = subprocess.run(
         ["wandb", "leet", "inspect", "--json", str(run_dir)],
         capture_output=True,
@@ -78,8 +79,11 @@ def wandb_history(run_dir: Path) -> list[dict]:
         check=True,
         timeout=120,
     )
-    records = [json.loads(line) for line in proc.stdout.splitlines()]
-    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    return [r["history"]["item"] for r in wandb_records(run_dir) if r.get("type") == "history"]
 
 
 @pytest.fixture(scope="module")
