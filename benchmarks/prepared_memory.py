@@ -43,6 +43,7 @@ def worker(source: str, cache: bool, repeat: int) -> None:
     import torch
     from accelerate import Accelerator
 
+    from srtrain.cli import close_process_group, end_process
     from srtrain.config import load_config
     from srtrain.data import training_pair
     from srtrain.train import make_train_loader
@@ -61,7 +62,9 @@ def worker(source: str, cache: bool, repeat: int) -> None:
     row = torch.tensor([*kib, patches, seconds], dtype=torch.float64)
     rows = accelerator.gather(row[None]).tolist()
     if accelerator.is_main_process:
-        print("RESULT " + json.dumps(rows))
+        print("RESULT " + json.dumps(rows), flush=True)
+    if close_process_group():  # end as srtrain's commands do, past gloo's threads (docs/faults.md)
+        end_process(0)
 
 
 def launch(processes: int, source: Path, cache: bool, repeat: int) -> list[list[float]]:

@@ -32,6 +32,7 @@ SCRIPT = """
 import json, sys, zlib
 from pathlib import Path
 from accelerate import Accelerator
+from srtrain.cli import close_process_group, end_process
 from srtrain.config import load_config
 from srtrain.data import training_pair
 from srtrain.train import make_train_loader
@@ -53,6 +54,8 @@ for case, overrides in cases.items():
     }
     seen[case] = {"batches": len(batches), "len": len(loader), "patches": patches}
 (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(seen))
+if close_process_group():  # 2 processes: end as srtrain's commands do, past gloo's threads (docs/faults.md)
+    end_process(0)
 """
 
 
