@@ -62,7 +62,7 @@ def worker(source: str, cache: bool, repeat: int) -> None:
     row = torch.tensor([*kib, patches, seconds], dtype=torch.float64)
     rows = accelerator.gather(row[None]).tolist()
     if accelerator.is_main_process:
-        print("RESULT " + json.dumps(rows), flush=True)
+        print("RESULT " + json.dumps(rows))
     if close_process_group():  # end as srtrain's commands do, past gloo's threads (docs/faults.md)
         end_process(0)
 
