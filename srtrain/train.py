@@ -370,8 +370,9 @@ def start_job(cfg: Config) -> Job:
     # samples score the float32 output `srtrain eval` gives for the saved weights
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     forward = training_forward(model, cfg, accelerator)
-    steps_per_epoch = len(train_loader) // cfg.grad_accum
-    if steps_per_epoch == 0:
+    # accelerate also steps on an epoch's last batch, so an epoch of n batches has ceil(n / grad_accum) steps
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+    if len(train_loader) < cfg.grad_accum:
         raise ConfigError(
             f"an epoch has {len(train_loader.dataset)} patches, fewer than one global batch "
             f"({cfg.batch_size} x {accelerator.num_processes} processes x {cfg.grad_accum}); raise --data.repeat"

@@ -12,6 +12,7 @@ import yaml
 from conftest import DATA, ROOT, accelerate_launch, needs_data
 from safetensors.torch import load_file
 
+from srtrain.checkpoint import read_state
 from srtrain.config import ConfigError, load_config
 from srtrain.train import lr_at, train
 from srtrain.visual import GAP, LABEL_HEIGHT
@@ -181,6 +182,18 @@ def test_schedule_warmup_then_cosine_or_steps():
     assert all(a >= b for a, b in zip(lrs[25:-1], lrs[26:], strict=True))
     steps = load_config(overrides={"lr": 0.01, "scheduler": "step", "step_every": 0.5, "gamma": 0.1})
     assert [lr_at(steps, p) for p in (0, 0.49, 0.5, 0.99, 1.0)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 1e-4])
+
+
+def test_gradient_accumulation_schedule_ends_with_the_last_step(photo_folder, tmp_path):
+    """4 batches an epoch with grad_accum=3: accelerate steps after batches 3 and 4, so 2 steps an epoch and the
+    cosine reaches min_lr at the last step of the run, not half-way (as it did with 4 // 3 = 1 step an epoch)."""
+    out = tmp_path / "run"
+    job = tiny_job(photo_folder, out, "--epochs=2", "--grad_accum=3", "--scheduler=cosine", "--min_lr=1e-5")
+    proc = launch(job, tmp_path)
+    assert ", 4 steps," in " ".join(proc.stdout.split())
+    first, last = metrics(out)
+    assert first["lr"] == pytest.approx((0.002 + 1e-5) / 2) and last["lr"] == pytest.approx(1e-5)
+    assert read_state(out / "checkpoints" / "last").step == 4
 
 
 def test_time_budget_stops_training(photo_folder, tmp_path):
