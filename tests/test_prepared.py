@@ -72,6 +72,16 @@ def test_prepared_source_trains_and_validates(prepared):
         tiles.without_bad(4, 97, "fix", 0.5)
 
 
+def test_check_data_scans_a_prepared_source(prepared):
+    """`srtrain check-data` takes a prepared folder like any source: its tiles, all RGB, none too small for 96 px."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = ["python", "-m", "srtrain", "check-data", str(prepared), "--patch_size", "96"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tiles = sum(e["tiles"] for e in json.loads((prepared / MANIFEST).read_text())["shards"].values())
+    assert f"RGB {tiles}" in proc.stdout
+
+
 def test_pages_are_shared_not_copied(prepared):
     """Tiles come from memory-mapped Arrow files: the table is not loaded into the process."""
     ds = load_prepared(prepared)

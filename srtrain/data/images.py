@@ -47,6 +47,12 @@ def open_image(ref: dict[str, Any], column: str, name: str, source: str) -> PIL.
         ) from err
 
 
+def image_header(ref: dict[str, Any], column: str, name: str, source: str) -> tuple[tuple[int, int], str]:
+    """(width, height) and PIL mode from the header alone; the file is closed at once, not when collected."""
+    with open_image(ref, column, name, source) as image:
+        return image.size, image.mode
+
+
 def to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
     """The conversion rule for images that are not 8 bits per channel: 16-bit (and 32-bit integer) gray becomes
     8-bit gray by value * 255 / 65535, rounded (PIL's own `convert` clips every value above 255 to white). The
@@ -61,9 +67,10 @@ def to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
 def decode_image(ref: dict[str, Any], column: str, name: str, source: str, keep_gray: bool) -> torch.Tensor:
     """uint8 CHW pixels: RGB, or one channel for a gray image when `keep_gray` (conversion rule: `to_8bit`)."""
     try:
-        image = to_8bit(open_image(ref, column, name, source))
-        gray = keep_gray and image.mode in ("L", "1")
-        pixels = np.asarray(image.convert("L" if gray else "RGB"))
+        with open_image(ref, column, name, source) as opened:
+            image = to_8bit(opened)
+            gray = keep_gray and image.mode in ("L", "1")
+            pixels = np.asarray(image.convert("L" if gray else "RGB"))
     except OSError as err:
         raise DataError(f"image '{name}' ({column}) in '{source}' is corrupt ({err}); replace or remove it") from err
     return torch.from_numpy(pixels.copy()).reshape(*pixels.shape[:2], -1).permute(2, 0, 1).contiguous()
@@ -80,11 +87,11 @@ def check_image(
 ) -> None:
     """Fail, naming the image, if it is unreadable, too small, or its LR does not match HR/scale (headers only)."""
     hr_column, lr_column = columns
-    width, height = open_image(example[hr_column], hr_column, name, source).size
+    (width, height), _ = image_header(example[hr_column], hr_column, name, source)
     if min(height, width) < min_hr:
         raise DataError(f"image '{name}' in '{source}' is {width}x{height}, smaller than {min_hr} px; {fix}")
     if lr_column is not None:
-        got = open_image(example[lr_column], lr_column, name, source).size
+        got, _ = image_header(example[lr_column], lr_column, name, source)
         want = (width // scale, height // scale)
         if got != want:
             raise DataError(
@@ -122,13 +129,13 @@ class ImageSet:
     def size(self, column: str, i: int) -> tuple[int, int]:
         """(height, width) from the image header alone."""
         row, name = self._row(i)
-        width, height = open_image(row[column], column, name, self.source).size
+        (width, height), _ = image_header(row[column], column, name, self.source)
         return height, width
 
     def mode(self, i: int) -> str:
         """The HR image's PIL mode as stored (e.g. 'RGB', 'I;16', 'CMYK'), from its header."""
         row, name = self._row(i)
-        return open_image(row[self.hr_column], self.hr_column, name, self.source).mode
+        return image_header(row[self.hr_column], self.hr_column, name, self.source)[1]
 
     def _decode(self, column: str, i: int) -> torch.Tensor:
         key = (column, i)

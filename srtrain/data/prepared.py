@@ -299,6 +299,10 @@ class PreparedImages:
         s = 1 if column == self.hr_column else int(column.rsplit("x", 1)[1])
         return int(h) // s, int(w) // s
 
+    def mode(self, i: int) -> str:
+        """'RGB', or 'L' for a one-channel tile: `prepare` stored them decoded to 8 bits."""
+        return "RGB" if self.shapes[i][0] == 3 else "L"
+
     def _mapped(self, column: str, i: int) -> np.ndarray:
         """Tile `i` of `column` as a read-only CHW view of the mapped file: nothing is copied."""
         chunks, spans = self.columns[column]
