@@ -13,10 +13,8 @@ the TrainState, so no RNG or scheduler state is needed for an exact continuation
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from srtrain.faults import inject
+from srtrain.files import fsync, sha256
 from srtrain.models import build_model, weights_free_options
 from srtrain.models.weights import MODEL_FILE, load_model_weights
 
@@ -63,14 +62,6 @@ class TrainState:
     step_values: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:
     """Replace `final` by the complete `tmp` so that one complete version exists at every instant; the previous
     version stays as `final.old` (the fallback of a resume whose `last` is damaged) or goes after the swap."""
@@ -80,30 +71,20 @@ def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:
             shutil.rmtree(old)
         final.rename(old)
     tmp.rename(final)
-    _fsync_dir(final.parent)
+    fsync(final.parent)
     if old.exists() and not keep_old:
         shutil.rmtree(old)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_manifest(folder: Path) -> None:
     """Fsync every file, then record sizes and checksums last: a folder with a matching manifest is complete."""
     files = {}
     for f in sorted(folder.iterdir()):
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        fsync(f)
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256(f)}
     manifest = folder / MANIFEST_FILE
     manifest.write_text(json.dumps(files, indent=1))
-    with open(manifest, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync(manifest)
 
 
 def checkpoint_problem(path: Path) -> str:
@@ -120,7 +101,7 @@ def checkpoint_problem(path: Path) -> str:
             return f"{f} is missing"
         if f.stat().st_size != expected["bytes"]:
             return f"{f} has {f.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)"
-        if _sha256(f) != expected["sha256"]:
+        if sha256(f) != expected["sha256"]:
             return f"{f} does not match its checksum (corrupt)"
     return ""
 
@@ -171,6 +152,8 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
         if tmp.exists():
             shutil.rmtree(tmp)
         shutil.copytree(src, tmp)
+        for f in tmp.iterdir():  # on the disk before the swap, as a saved checkpoint's files are
+            fsync(f)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not copy {src} to {dst} ({err}); {dst} is unchanged: free space") from err
@@ -178,9 +161,16 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A checkpoint folder from itself, or from a run directory (its `best`, else its `last`)."""
+    """A checkpoint folder from itself, or from a run directory (its `best`, else its `last`). One whose files do
+    not match its manifest is refused by name, never half-loaded."""
     for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
         if is_checkpoint(candidate):
+            if problem := checkpoint_problem(candidate):
+                other = "last" if candidate.name == "best" else "last.old"
+                raise ValueError(
+                    f"checkpoint {candidate} is damaged: {problem}; use {candidate.with_name(other)} if it is "
+                    "complete, or resume the run (--resume=auto) to write it again"
+                )
             return candidate
     raise ValueError(f"'{path}' is not a run directory or checkpoint folder (no {MODEL_FILE} + {STATE_FILE})")
 

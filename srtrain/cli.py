@@ -17,6 +17,7 @@ from torch import nn
 
 from srtrain.config import ConfigError, DataConfig, coerce, load_config, parse_overrides
 from srtrain.data import DataError
+from srtrain.files import write_text_atomically
 
 USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]
        srtrain prepare SOURCE OUT [--tile 480 --stride 240 --scales 2,3,4 --num_proc N]
@@ -37,7 +38,7 @@ USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --sec
 """
 
 
-def _error(err: Exception, status: int = 2) -> int:
+def _error(err: Exception | str, status: int = 2) -> int:
     Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
     return status
 
@@ -173,6 +174,7 @@ def eval_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscale factor (default: the checkpoint's)")
     p.add_argument("--json", type=Path, help="write the results, per image too, to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite the --json file if it exists")
     p.add_argument("--gray", choices=("replicate", "direct"), default="replicate", help="how gray images are scored")
     p.add_argument("--metrics", default="psnr_y,ssim_y,psnr_rgb", help=f"comma list of {', '.join(SCORES)}")
     p.add_argument("--tile", type=int, default=0, help="LR tile size for tiled inference (0 = whole image)")
@@ -197,6 +199,8 @@ def eval_main(argv: list[str]) -> int:
         unknown = [s for s in scores if s not in SCORES]
         if unknown:
             raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(SCORES)}")
+        if args.json and args.json.exists() and not args.force:
+            raise ConfigError(f"{args.json} already exists; pass --force to overwrite it or choose another --json")
         model, scale = load_model(args)
         accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
         # Evaluation needs the device and, with --mixed-precision, autocast; not `prepare_model`, whose check for
@@ -222,7 +226,7 @@ def eval_main(argv: list[str]) -> int:
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs keep every column readable
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"results": results}, indent=2))
+        write_text_atomically(args.json, json.dumps({"results": results}, indent=2))
     return 0
 
 
@@ -357,8 +361,17 @@ def report_main(argv: list[str]) -> int:
         return _error(err)
     Console().print(f"report: {report}")
     project = args.wandb_project or online_project(runs)
-    if project:
-        Console().print(f"leaderboard logged to W&B project {project}, run {log_leaderboard(runs, project)}")
+    if not project:
+        return 0
+    try:
+        run_id = log_leaderboard(runs, project)
+    except Exception as err:  # W&B unreachable or refusing: the report on disk is complete all the same
+        return _error(
+            f"the leaderboard was not logged to W&B project {project} ({err}); the report is complete. Rerun with "
+            "--force when W&B is reachable, or with WANDB_MODE=offline to keep the table in a local W&B run",
+            1,
+        )
+    Console().print(f"leaderboard logged to W&B project {project}, run {run_id}")
     return 0
 
 

@@ -25,6 +25,7 @@ from srtrain.checkpoint import model_from_checkpoint
 from srtrain.config import DataConfig
 from srtrain.data import ValImages, load_images
 from srtrain.evaluation import super_resolve
+from srtrain.files import write_atomically, write_text_atomically
 from srtrain.models.bicubic import Bicubic
 from srtrain.models.profile import trainable_parameters
 from srtrain.visual import crop_comparison, crop_size, detailed_crop, stack
@@ -132,7 +133,7 @@ def curve(runs: list[Run], key: str, ylabel: str, title: str, file: Path) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(file)
+    write_atomically(file, fig.savefig)
 
 
 @torch.no_grad()
@@ -148,7 +149,7 @@ def crops(runs: list[Run], n_images: int, file: Path) -> None:
         methods = [("bicubic", Bicubic(scale)(lr).float())]
         methods += [(f"{run.name} ({run.model})", super_resolve(model, lr, scale)) for run, model in models]
         rows.append(crop_comparison(hr, methods, box))
-    PIL.Image.fromarray(stack(rows)).save(file)
+    write_atomically(file, PIL.Image.fromarray(stack(rows)).save)
 
 
 def _slug(text: str) -> str:
@@ -197,17 +198,17 @@ def build_report(runs: list[Run], out_dir: Path, n_images: int = 2, force: bool 
             f"![crop comparison]({link['crops']})",
         ]
     report = out_dir / REPORT
-    report.write_text("\n".join(lines) + "\n")
+    write_text_atomically(report, "\n".join(lines) + "\n")
     return report
 
 
-def log_leaderboard(runs: list[Run], project: str, mode: str | None = None) -> str:
+def log_leaderboard(runs: list[Run], project: str) -> str:
     """The leaderboard as a W&B Table in a `report` job of `project`; returns the W&B run's id."""
     import wandb
 
     columns = ["group", *(title for title, _ in LEADERBOARD)]
     data = [[f"x{scale} {val}", *cells] for (scale, val), rs in groups(runs).items() for cells in leaderboard_rows(rs)]
-    with wandb.init(project=project, job_type="report", mode=mode) as run:
+    with wandb.init(project=project, job_type="report") as run:
         run.log({"leaderboard": wandb.Table(columns=columns, data=data)})
         return run.id
 

@@ -25,6 +25,7 @@ from accelerate.utils import broadcast_object_list
 
 from srtrain.checkpoint import TrainState, checkpoint_problem, copy_checkpoint, is_checkpoint, read_state
 from srtrain.config import Config, ConfigError
+from srtrain.files import write_text_atomically
 from srtrain.stopping import STOPPED_FILE
 from srtrain.tracking import agent_run_dir, console
 
@@ -53,6 +54,8 @@ RESUMABLE_CHANGES = {
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`data.*` and `wandb.*` as keys of their own; unlike `config._flatten`, the model stays one value, so that
+    the options of the default model never count as differences of a run with another model."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and not prefix and k in ("data", "wandb"):
@@ -211,9 +214,7 @@ def repair_after_kill(run: RunDir, state: TrainState, use_wandb: bool) -> list[d
         kept[state.epoch] = {"epoch": state.epoch, "step": state.step, **state.epoch_row}
     lines = [json.dumps(kept[e]) + "\n" for e in sorted(kept)]
     if lines != [json.dumps(r) + "\n" for r in rows]:
-        tmp = metrics.with_name("metrics.jsonl.tmp")
-        tmp.write_text("".join(lines))
-        tmp.replace(metrics)
+        write_text_atomically(metrics, "".join(lines))
     best = run.path / "checkpoints" / "best"
     best_epoch = read_state(best).epoch if not checkpoint_problem(best) else -1
     if run.continues and state.best_epoch == state.epoch and best_epoch != state.epoch:
@@ -234,17 +235,25 @@ def _held_open(files: list[Path]) -> bool:
     return False
 
 
-def _epochs_in(segment: Path) -> list[int]:
+def _epochs_in(segment: Path) -> list[int] | None:
     """The epochs whose row a W&B segment's `.wandb` file holds, read by W&B's own reader (a killed segment's
-    file is read up to its last whole record)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(segment)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-        env={**os.environ, "WANDB_MODE": "offline"},  # a local file: nothing to report to a server
-    )
+    file is read up to its last whole record); None, with a warning, when the reader fails."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(segment)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+            env={**os.environ, "WANDB_MODE": "offline"},  # a local file: nothing to report to a server
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        reason = (getattr(err, "stderr", "") or "").strip().splitlines()[-1:] or [str(err)]
+        console.print(
+            f"[bold yellow]warning:[/] W&B cannot read {segment} ({reason[0]}); the epochs it may hold are logged "
+            "again, so W&B may show some twice (metrics.jsonl has each once)"
+        )
+        return None
     items = (json.loads(line).get("history", {}).get("item", {}) for line in proc.stdout.splitlines())
     return sorted({int(item["epoch"]) for item in items if "epoch" in item})
 
@@ -267,9 +276,7 @@ def wandb_epochs(run_dir: Path, run_id: str) -> set[int]:
             break
         time.sleep(0.1)
     read = {segment.name: _epochs_in(segment) for segment in new}
-    if new and not held:  # final: never read again
-        cache |= read
-        tmp = cache_file.with_name(WANDB_EPOCHS + ".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_file)
-    return {e for epochs in (cache | read).values() for e in epochs}
+    if new and not held:  # final: never read again (an unreadable segment is tried again at the next resume)
+        cache |= {name: epochs for name, epochs in read.items() if epochs is not None}
+        write_text_atomically(cache_file, json.dumps(cache, indent=1))
+    return {e for epochs in (cache | read).values() for e in epochs or []}

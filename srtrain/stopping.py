@@ -14,6 +14,8 @@ import os
 import signal
 from pathlib import Path
 
+from srtrain.files import write_text_atomically
+
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL from sysexits.h: "stopped to be resumed", neither success (0) nor a crash (1)
 STOPPED_FILE = "stopped.json"  # in the run directory while its last stop was a resumable one
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -43,7 +45,7 @@ class StoppedToResume(Exception):
 
 
 class Stopper:
-    """The one place that knows why training stops. `status` is this rank's vote for the step's collective;
+    """The one place that knows why training stops. `vote()` is this rank's vote for the step's collective;
     `update` reads the agreed result (any rank signalled; the mean training clock) back."""
 
     def __init__(self, budget_s: float) -> None:
@@ -81,4 +83,4 @@ class Stopper:
     def write_marker(self, out_dir: Path, step: int, epoch: int) -> None:
         """Tell a batch script, which sees only the launcher's exit code, that this stop is resumable."""
         record = {"signal": self.signal_name or "peer", "step": step, "epoch": epoch, "exit_code": EXIT_RESUMABLE}
-        (out_dir / STOPPED_FILE).write_text(json.dumps(record) + "\n")
+        write_text_atomically(out_dir / STOPPED_FILE, json.dumps(record) + "\n")

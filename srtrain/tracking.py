@@ -21,6 +21,7 @@ from rich.table import Table
 
 from srtrain.config import Config
 from srtrain.faults import inject
+from srtrain.files import write_atomically
 from srtrain.visual import stack
 
 WANDB_FLUSH_S = 1.0  # seconds between writes of W&B's run file; all of it is written at the end or on a stop
@@ -145,7 +146,7 @@ class Tracker:
         if not self.accelerator.is_main_process or not rows:
             return
         grid = stack(rows)
-        PIL.Image.fromarray(grid).save(self.out_dir / "samples" / f"epoch_{epoch:04d}.png")
+        write_atomically(self.out_dir / "samples" / f"epoch_{epoch:04d}.png", PIL.Image.fromarray(grid).save)
         if self.use_wandb:
             import wandb
 

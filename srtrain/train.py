@@ -23,7 +23,9 @@ from srtrain.config import Config, ConfigError
 from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images, training_pair
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
+from srtrain.files import write_text_atomically
 from srtrain.models import build_model
+from srtrain.models.profile import trainable_parameters
 from srtrain.models.weights import load_model_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
 from srtrain.stopping import StoppedToResume, Stopper
@@ -388,7 +390,7 @@ def start_job(cfg: Config) -> Job:
     if main and run.continues:
         lost_rows = repair_after_kill(run, state, wandb_mode(cfg) != "disabled")
     elif main:
-        (run.path / "config.yaml").write_text(config_yaml)
+        write_text_atomically(run.path / "config.yaml", config_yaml)
     tracker = Tracker(accelerator, cfg, run.path, state.wandb_run_id)
     tracker.restore_epochs(lost_rows, state.step, state.step_values)
     stopper.update(False, state.train_seconds)
@@ -424,7 +426,7 @@ def start_job(cfg: Config) -> Job:
 def announce(job: Job, val_count: int) -> None:
     """The run's one-line summary: model, data, processes, batch, precision, length, where it writes."""
     cfg, acc, run, state = job.cfg, job.accelerator, job.run, job.state
-    n_params = sum(p.numel() for p in job.model.parameters() if p.requires_grad)
+    n_params = trainable_parameters(job.model)
     length = f"{cfg.time_budget_min:g} min budget" if job.stopper.budget_s else f"{job.total_steps} steps"
     for problem in run.skipped:
         console.print(f"[bold yellow]warning:[/] damaged checkpoint passed over: {problem}")

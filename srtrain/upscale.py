@@ -9,6 +9,7 @@ alpha by MATLAB bicubic. Outputs are planned before any compute, so an existing 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from torch import nn
 from srtrain.data.sources import IMAGE_SUFFIXES
 from srtrain.degradation import imresize
 from srtrain.evaluation import super_resolve
+from srtrain.files import write_atomically
 from srtrain.metrics import quantize
 
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
@@ -123,7 +125,7 @@ def run(
                     fmt = image.format
                     sr = upscale_image(model, image, scale, tile, overlap, device, bf16)
                 job.target.parent.mkdir(parents=True, exist_ok=True)
-                sr.save(job.target, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+                write_atomically(job.target, functools.partial(sr.save, format=fmt, **SAVE_OPTIONS.get(fmt, {})))
             except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, UpscaleError) as err:
                 failures.append((job.source, str(err)))
                 progress.console.print(f"[red]skipped[/] {job.source}: {err}", highlight=False)

@@ -59,6 +59,19 @@ def test_cli_table_and_json(tmp_path, capsys):
         assert r["psnr_y"] == pytest.approx(sum(p["psnr_y"] for p in r["per_image"]) / r["n_images"])
 
 
+def test_json_of_another_run_is_kept_unless_forced(tmp_path, capsys):
+    """An existing --json file is refused before any scoring; --force replaces it whole (no hidden partial left)."""
+    out = tmp_path / "eval.json"
+    out.write_text("someone's results")
+    args = ["eval", "--model", "bicubic", "--scale", "4", "--data", str(DATA / "Set5"), "--json", str(out)]
+    assert main(args) == 2
+    assert "eval.json already exists; pass --force" in capsys.readouterr().err
+    assert out.read_text() == "someone's results"
+    assert main([*args, "--force"]) == 0
+    assert json.loads(out.read_text())["results"][0]["n_images"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
 def test_gray_convention_changes_only_gray_images(accelerator):
     direct, replicate = (
         evaluate_source(build_model("bicubic", 3), DataConfig(val=str(DATA / "Set14"), gray=g), 3, accelerator)
@@ -103,6 +116,21 @@ def test_checkpoint_folder_and_run_dir(tmp_path, accelerator):
     direct = evaluate_source(model, DataConfig(val=str(DATA / "Set5")), 2, accelerator)
     assert result["scale"] == 2 and result["psnr_y"] == pytest.approx(direct["psnr_y"], abs=1e-9)
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(DATA / "Set5"), "--scale", "4"]) == 2
+
+
+def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, capsys):
+    """A `best` whose weights no longer match its manifest (a crash in a copy, a bad disk) is named, not loaded."""
+    model = build_model("espcn", 2, channels=16)
+    best = tmp_path / "run" / "checkpoints" / "best"
+    config = "model: {name: espcn, channels: 16}\nscale: 2\n"
+    save_checkpoint(best, model, torch.optim.Adam(model.parameters()), TrainState(), config)
+    weights = best / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(DATA / "Set5")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        f"checkpoint {best} is damaged" in err and "(truncated?)" in err and "checkpoints/last if it is complete" in err
+    )
 
 
 def test_mixed_precision_eval_runs_the_model_under_autocast(tmp_path, accelerator):

@@ -25,6 +25,7 @@ from test_train import metrics, tiny_job, wandb_history
 
 from srtrain.checkpoint import checkpoint_problem, read_state
 from srtrain.faults import READY_FILE
+from srtrain.rundir import WANDB_EPOCHS, wandb_epochs
 from srtrain.stopping import EXIT_RESUMABLE, STOPPED_FILE
 
 pytestmark = needs_data
@@ -215,6 +216,17 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous(reference, photo_fol
     proc = srtrain(job(photo_folder, out, "--resume=auto", "--epochs=4"), tmp_path, wandb="disabled")
     assert proc.returncode == 2
     assert "no complete checkpoint" in proc.stderr and "checksum" in proc.stderr and "manifest" in proc.stderr
+
+
+def test_an_unreadable_wandb_segment_does_not_block_the_resume(tmp_path, capsys):
+    """A resume asks W&B's reader which epochs a killed segment holds; a garbled `.wandb` file it cannot read
+    means "log them again" (a warning), not a failed resume, and is read again next time (not cached)."""
+    segment = tmp_path / "wandb" / "offline-run-20260101_000000-abc"
+    segment.mkdir(parents=True)
+    (segment / "run-abc.wandb").write_bytes(random.Random(0).randbytes(3000))
+    assert wandb_epochs(tmp_path, "abc") == set()
+    assert f"W&B cannot read {segment}" in " ".join(capsys.readouterr().out.split())
+    assert json.loads((tmp_path / "wandb" / WANDB_EPOCHS).read_text()) == {}
 
 
 def test_one_run_one_directory(reference, photo_folder, tmp_path):

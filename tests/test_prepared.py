@@ -122,6 +122,8 @@ def test_verify_names_a_damaged_shard_and_refuses_foreign_folders(prepared, tmp_
     proc = srtrain_prepare(str(DATA / "Set5"), str(foreign))
     assert proc.returncode == 2 and "was not made by srtrain prepare" in proc.stderr
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    with pytest.raises(DataError, match="notes.txt' exists and was not made by srtrain prepare"):
+        prepare(str(DATA / "Set5"), foreign / "notes.txt")  # a file, not a folder
     with pytest.raises(DataError, match="multiples of every scale"):
         prepare(str(DATA / "Set5"), tmp_path / "new", tile=100, stride=50, scales=(3,))
 

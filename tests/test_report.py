@@ -2,7 +2,10 @@
 and opens, no overwriting without --force, and the leaderboard as a W&B Table (offline files read back)."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import PIL.Image
 import pytest
@@ -82,3 +85,16 @@ def test_leaderboard_as_wandb_table(runs, tmp_path, monkeypatch):
     (table,) = tmp_path.glob("wandb/offline-run-*/files/media/table/leaderboard_*.table.json")
     content = json.loads(table.read_text())
     assert content["columns"][:3] == ["group", "run", "model"] and len(content["data"]) == 2
+
+
+def test_when_w_b_refuses_the_leaderboard_the_report_is_still_complete(runs, tmp_path):
+    """Online W&B without an API key (a machine without a login) fails after report.md is written: status 1 and
+    the way out, not a traceback. (A subprocess: W&B keeps the first in-process run's settings.)"""
+    env = {**os.environ, "WANDB_MODE": "online", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    env.pop("WANDB_API_KEY", None)
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "srtrain", "report", str(runs[0]), "-o", str(out), "--images", "1"]
+    proc = subprocess.run([*cmd, "--wandb-project", "p"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "the leaderboard was not logged to W&B project p" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "report.md").read_text().startswith("# srtrain report")

@@ -14,7 +14,6 @@ per scale `s`, `lr_xs`: the MATLAB-exact bicubic LR of the whole image, cut at t
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import torch
 
 from srtrain.data.images import DataError, decode_image, example_name, good_rows
 from srtrain.degradation import imresize, modcrop
+from srtrain.files import sha256, write_text_atomically
 
 MANIFEST = "srtrain_prepared.json"
 IMAGES_PER_SHARD = 8  # about 250 MB of tiles per shard for 2K images at the default tile and stride
@@ -98,14 +98,6 @@ def _open_hr(settings: PrepareSettings) -> datasets.Dataset:
     return ds.cast_column(settings.hr_column, datasets.Image(decode=False))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_shard(settings: PrepareSettings, shard: int, path: Path) -> dict[str, Any]:
     """Write one shard under a temporary name, then rename it: a shard file that exists is complete."""
     ds, column = _open_hr(settings), settings.hr_column
@@ -122,7 +114,7 @@ def _write_shard(settings: PrepareSettings, shard: int, path: Path) -> dict[str,
             writer.write_table(table)
             tiles += len(table)
     os.replace(tmp, path)
-    return {"file": path.name, "images": len(indices), "tiles": tiles, "sha256": _sha256(path)}
+    return {"file": path.name, "images": len(indices), "tiles": tiles, "sha256": sha256(path)}
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:
@@ -130,9 +122,7 @@ def _read_manifest(out: Path) -> dict[str, Any]:
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _start(out: Path, settings: PrepareSettings) -> dict[str, Any]:
@@ -145,7 +135,7 @@ def _start(out: Path, settings: PrepareSettings) -> dict[str, Any]:
                 "rerun with those to resume, or pick a new output folder"
             )
         return manifest
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"'{out}' exists and was not made by srtrain prepare; pick a new or empty output folder")
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"settings": asdict(settings), "shards": {}}
@@ -224,7 +214,7 @@ def verify_prepared(out: Path) -> dict[str, Any]:
         fix = f"delete it and rerun `srtrain prepare {settings['source']} {out}` with the same settings"
         if not path.exists():
             raise DataError(f"shard {key} of '{out}' ({path.name}) is missing; rerun srtrain prepare to remake it")
-        if _sha256(path) != entry["sha256"] or len(datasets.Dataset.from_file(str(path))) != entry["tiles"]:
+        if sha256(path) != entry["sha256"] or len(datasets.Dataset.from_file(str(path))) != entry["tiles"]:
             raise DataError(f"shard {path} is damaged (its checksum or tile count differs from {MANIFEST}); {fix}")
     return manifest
 
