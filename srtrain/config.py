@@ -253,6 +253,17 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, str]]:
     return config_file, overrides
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file people write (a job, a sweep); a syntax error becomes a ConfigError naming the file and line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        problem = getattr(err, "problem", None) or err
+        raise ConfigError(f"'{path}'{line} is not valid YAML ({problem}); fix it and run again") from err
+
+
 def load_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build a validated Config from dataclass defaults, an optional YAML file and overrides."""
     values: dict[str, Any] = {}
@@ -260,7 +271,7 @@ def load_config(config_file: str | Path | None = None, overrides: dict[str, Any]
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist (jobs live in jobs/, e.g. jobs/quick.yaml)")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
         if isinstance(loaded.get("model"), str):

@@ -70,6 +70,13 @@ def test_errors_name_the_key_and_the_fix(argv, needle):
     assert needle in str(err.value)
 
 
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("model: espcn\nepochs: [1\nlr: 2\n")
+    with pytest.raises(ConfigError, match=r"job.yaml' line 3 is not valid YAML \(expected ',' or ']'"):
+        load_config(job)
+
+
 def test_model_options_follow_the_model(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'model.channels'"):
         config("--model=bicubic", "--model.channels=8")

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from srtrain.models.edsr import rgb_mean
 from srtrain.models.registry import register
 
-RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, subtracted as in the official model
 DROP_PATH_RATE = 0.1  # official default: stochastic depth rising linearly from 0 over all layers
 MASKED = -100.0  # the official additive mask value; finite, so bf16 softmax stays well defined
 MASK_CACHE_SIZE = 4  # padded input sizes whose shift masks are kept (training uses one; eval images vary)
@@ -165,7 +165,7 @@ class SwinIR(nn.Module):
         if window < 1:
             raise ValueError(f"swinir: window must be at least 1, got {window}")
         self.scale, self.window = scale, window
-        self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", rgb_mean(), persistent=False)  # subtracted as in the official model
         self.conv_first = nn.Conv2d(3, embed_dim, 3, padding=1)
         self.embed_norm = nn.LayerNorm(embed_dim)
         layers = depth * n_blocks  # stochastic depth rises linearly over the layers (plain floats: meta-safe)
