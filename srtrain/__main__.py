@@ -1,6 +1,7 @@
 """The `srtrain` command, `python -m srtrain ...` and `accelerate launch -m srtrain ...`."""
 
 import gc
+import os
 import sys
 from collections.abc import Callable
 
@@ -22,8 +23,13 @@ def load_cli() -> Callable[[list[str] | None], int]:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run one srtrain command (`argv`, else the process's arguments)."""
-    return load_cli()(argv)
+    """Run one srtrain command (`argv`, else the process's arguments). Output piped into a reader that stopped
+    early (`srtrain --help | head`) ends the command quietly, with 1, as other command-line tools do."""
+    try:
+        return load_cli()(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        return 1
 
 
 if __name__ == "__main__":

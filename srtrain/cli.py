@@ -16,7 +16,7 @@ from rich.table import Table
 from torch import nn
 
 from srtrain.config import ConfigError, DataConfig, coerce, load_config, parse_overrides
-from srtrain.data import DataError
+from srtrain.data import DataError, missing_source
 from srtrain.files import write_text_atomically
 
 USAGE = """usage: srtrain [train] [--config jobs/NAME.yaml] [--key=value | --section.key=value ...]
@@ -111,6 +111,9 @@ def check_config_main(argv: list[str]) -> int:
     try:
         config_file, overrides = parse_overrides(argv)
         cfg = load_config(config_file, overrides)
+        for key, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+            if problem := missing_source(spec):
+                raise ConfigError(f"{key}: {problem}")
     except ConfigError as err:
         return _error(err)
     Console().print(f"configuration valid: {cfg.model.name} x{cfg.scale}, {cfg.epochs} epochs", highlight=False)
@@ -199,6 +202,8 @@ def eval_main(argv: list[str]) -> int:
         unknown = [s for s in scores if s not in SCORES]
         if unknown:
             raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(SCORES)}")
+        if args.mixed_precision == "fp16" and not torch.cuda.is_available():  # accelerate would run fp32 silently
+            raise ConfigError("--mixed-precision fp16 needs a GPU; on CPU use --mixed-precision bf16 or no")
         if args.json and args.json.exists() and not args.force:
             raise ConfigError(f"{args.json} already exists; pass --force to overwrite it or choose another --json")
         model, scale = load_model(args)

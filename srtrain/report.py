@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,10 @@ def groups(runs: list[Run]) -> dict[tuple[int, str], list[Run]]:
     return {key: sorted(rs, key=lambda r: -r.best["psnr_y"]) for key, rs in sorted(out.items())}
 
 
-def _rate(value: float) -> str:
+def _rate(run: Run) -> str:
+    """The median epoch's patches/s: a run's last epoch may be a part (a time budget ran out) and a first one slow."""
+    rates = [r["patches_per_s"] for r in run.epochs if r.get("patches_per_s")]
+    value = statistics.median(rates) if rates else float("nan")
     return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
 
 
@@ -107,7 +111,7 @@ LEADERBOARD = [
     ("final SSIM-Y", lambda r: f"{r.final['ssim_y']:.4f}"),
     ("final PSNR-RGB", lambda r: f"{r.final['psnr_rgb']:.2f}"),
     ("train min", lambda r: f"{r.final.get('train_minutes', float('nan')):.1f}"),
-    ("patches/s", lambda r: _rate(r.final.get("patches_per_s", float("nan")))),
+    ("patches/s (median epoch)", _rate),
     ("run directory", lambda r: f"`{r.path}`"),
 ]
 
@@ -156,13 +160,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
+def every_file(out_dir: Path, files: dict[tuple[int, str], dict[str, Path]]) -> list[Path]:
+    """report.md and every PNG of `plan`'s groups."""
+    return [out_dir / REPORT, *(f for group in files.values() for f in group.values())]
+
+
 def plan(runs: list[Run], out_dir: Path, force: bool) -> dict[tuple[int, str], dict[str, Path]]:
     """The PNGs of each group; refuses, without `force`, to overwrite any file the report would write."""
     files = {}
     for scale, val in groups(runs):
         slug = f"x{scale}_{_slug(Path(val).name or val)}"
         files[scale, val] = {kind: out_dir / IMAGES / f"{kind}_{slug}.png" for kind in ("psnr", "loss", "crops")}
-    existing = [str(f) for f in [out_dir / REPORT, *(f for g in files.values() for f in g.values())] if f.exists()]
+    existing = [str(f) for f in every_file(out_dir, files) if f.exists()]
     if existing and not force:
         raise ReportError(f"{', '.join(existing)} already exist(s); pass --force to overwrite or choose another -o")
     return files
@@ -171,6 +180,17 @@ def plan(runs: list[Run], out_dir: Path, force: bool) -> dict[tuple[int, str], d
 def build_report(runs: list[Run], out_dir: Path, n_images: int = 2, force: bool = False) -> Path:
     """Write `out_dir/report.md` and the PNGs it links under `out_dir/images/`; returns the report's path."""
     files = plan(runs, out_dir, force)
+    new = [f for f in every_file(out_dir, files) if not f.exists()]
+    try:
+        return _write_report(runs, out_dir, n_images, files)
+    except BaseException:  # a half-made report would block its own retry (`plan` refuses existing files)
+        for f in new:
+            f.unlink(missing_ok=True)
+        raise
+
+
+def _write_report(runs: list[Run], out_dir: Path, n_images: int, files: dict[tuple[int, str], dict[str, Path]]) -> Path:
+    """`build_report`'s writing: per group the curves, the crops and a section of report.md."""
     (out_dir / IMAGES).mkdir(parents=True, exist_ok=True)
     lines = [
         "# srtrain report",

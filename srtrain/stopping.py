@@ -80,7 +80,13 @@ class Stopper:
         """Leave the epoch after this step: a signal or the budget."""
         return self.agreed_signal or self.out_of_time()
 
-    def write_marker(self, out_dir: Path, step: int, epoch: int) -> None:
-        """Tell a batch script, which sees only the launcher's exit code, that this stop is resumable."""
-        record = {"signal": self.signal_name or "peer", "step": step, "epoch": epoch, "exit_code": EXIT_RESUMABLE}
+    def write_marker(self, out_dir: Path, step: int, epochs_done: int) -> None:
+        """Tell a batch script, which sees only the launcher's exit code, that this stop is resumable. The stop
+        came in epoch `epochs_done + 1` (as the stop's message says)."""
+        record = {
+            "signal": self.signal_name or "peer",
+            "step": step,
+            "epochs_done": epochs_done,
+            "exit_code": EXIT_RESUMABLE,
+        }
         write_text_atomically(out_dir / STOPPED_FILE, json.dumps(record) + "\n")

@@ -342,25 +342,25 @@ def progress_bar(epoch: int, cfg: Config, main: bool) -> Progress:
 
 
 def start_job(cfg: Config) -> Job:
-    """Everything before the first step: launch checks, the run directory (new, or resumed from its checkpoint),
-    data, model, optimizer, tracker, and the bicubic baseline every epoch is compared with."""
+    """Everything before the first step: launch checks, model, data, then the run directory (new, or resumed from
+    its checkpoint), optimizer, tracker, and the bicubic baseline every epoch is compared with."""
     accelerator = make_accelerator(cfg)
     stopper = Stopper(cfg.time_budget_min * 60)
     stopper.install()
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
-    run = open_run(cfg, main, global_batch)
     model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
+    train_loader = make_train_loader(cfg, accelerator)
+    val_images = checked(load_images(cfg.data, "val"), cfg, 8 * cfg.scale, "remove it from the validation set", main)
+    # the model and the data passed their checks: only now is a run directory made (a failed start leaves none)
+    run = open_run(cfg, main, global_batch)
     if cfg.init_from and run.ckpt is None:
         load_model_weights(model, Path(cfg.init_from))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # NHWC often runs convolutions faster on GPUs
-
-    train_loader = make_train_loader(cfg, accelerator)
-    val_images = checked(load_images(cfg.data, "val"), cfg, 8 * cfg.scale, "remove it from the validation set", main)
     val_set = ValImages(val_images, cfg.scale)
     val_loader = DataLoader(val_set, batch_size=1, num_workers=cfg.data.num_workers)
 

@@ -65,7 +65,11 @@ def plan(inputs: list[Path], out_dir: Path, force: bool) -> list[Job]:
     `force`, files that already exist (a user's files are never overwritten unasked)."""
     if not inputs:
         raise UpscaleError("no input images: pass files, folders or glob patterns")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UpscaleError(f"-o {out_dir} is a file; -o names the folder the upscaled files go to")
     jobs = [Job(p, out_dir / p.name) for p in inputs]
+    if any(j.target.resolve() == j.source.resolve() for j in jobs):
+        raise UpscaleError(f"-o {out_dir} holds the inputs themselves; choose another output folder")
     by_target: dict[Path, Path] = {}
     for job in jobs:
         if job.target in by_target:
@@ -78,8 +82,6 @@ def plan(inputs: list[Path], out_dir: Path, force: bool) -> list[Job]:
     if existing and not force:
         shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
         raise UpscaleError(f"{shown} already exist(s); pass --force to overwrite or choose another -o folder")
-    if any(j.target.resolve() == j.source.resolve() for j in jobs):
-        raise UpscaleError(f"-o {out_dir} holds the inputs themselves; choose another output folder")
     return jobs
 
 

@@ -84,3 +84,15 @@ def test_gloo_workers_with_collectives_in_flight_exit_cleanly(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(proc.stdout.splitlines()) == ["rank 0 leaves", "rank 1 leaves"]
     assert "terminate called" not in proc.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`srtrain --help | head` with the reader gone: status 1 and nothing on stderr, not a BrokenPipeError."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        cmd = [sys.executable, "-m", "srtrain", "train", "--help"]
+        proc = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == ""

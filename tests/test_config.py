@@ -102,6 +102,8 @@ def test_check_config_validates_without_training(tmp_path):
     check = [sys.executable, "-m", "srtrain", "check-config", "--config", str(ROOT / "jobs" / "quick.yaml")]
     bad = run([*check, "--lr=0"])
     assert bad.returncode == 2 and bad.stderr.strip() == "error: lr must be a positive number, got 0.0"
+    missing = run([*check, "--data.val=Set55"])  # a typo in a data set's name is found before a job is queued
+    assert missing.returncode == 2 and "data.val: data source 'Set55' is neither a local path" in missing.stderr
     good = run(check)
     assert good.returncode == 0 and "configuration valid: espcn x4" in good.stdout
     helped = run([*check, "--help"])

@@ -116,6 +116,9 @@ def test_checkpoint_folder_and_run_dir(tmp_path, accelerator):
     direct = evaluate_source(model, DataConfig(val=str(DATA / "Set5")), 2, accelerator)
     assert result["scale"] == 2 and result["psnr_y"] == pytest.approx(direct["psnr_y"], abs=1e-9)
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(DATA / "Set5"), "--scale", "4"]) == 2
+    if not torch.cuda.is_available():  # as training: never fp32 under an fp16 label
+        assert main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(DATA / "Set5"), "--mixed-precision",
+                     "fp16"]) == 2  # fmt: skip
 
 
 def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, capsys):

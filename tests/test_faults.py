@@ -121,6 +121,7 @@ def test_signal_stop_and_requeue_through_the_launcher(reference, photo_folder, t
     wait_gone(worker)
     stopped = json.loads((out / STOPPED_FILE).read_text())
     assert stopped["exit_code"] == EXIT_RESUMABLE and stopped["signal"] == "SIGTERM" and stopped["step"] == 3
+    assert stopped["epochs_done"] == 0  # stopped in epoch 1
     state = read_state(out / "checkpoints" / "last")
     assert (state.step, state.batches_done) == (3, 3)
     proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)

@@ -4,6 +4,7 @@ and opens, no overwriting without --force, and the leaderboard as a W&B Table (o
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -98,3 +99,18 @@ def test_when_w_b_refuses_the_leaderboard_the_report_is_still_complete(runs, tmp
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "the leaderboard was not logged to W&B project p" in proc.stderr and "Traceback" not in proc.stderr
     assert (out / "report.md").read_text().startswith("# srtrain report")
+
+
+def test_a_failed_report_leaves_nothing_that_blocks_its_retry(runs, tmp_path, capsys):
+    """The validation images are gone when the crops are drawn: the curves already written go too, so that the
+    retry, once the images are back, needs no --force."""
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    config = run / "config.yaml"
+    saved = config.read_text()
+    config.write_text(saved.replace(str(DATA / "Set5"), str(tmp_path / "moved")))
+    out = tmp_path / "r"
+    assert main(["report", str(run), "-o", str(out), "--images", "1"]) == 2
+    assert "moved" in capsys.readouterr().err and not [p for p in out.rglob("*") if p.is_file()]
+    config.write_text(saved)
+    assert main(["report", str(run), "-o", str(out), "--images", "1"]) == 0

@@ -104,6 +104,10 @@ def test_unknown_input_and_scale_errors_are_clear(inputs, tmp_path, capsys):
     assert "nope.png" in capsys.readouterr().err
     assert upscale(inputs / "rgb.png", "-o", tmp_path / "out", "--model", "bicubic") == 2
     assert "--scale is required" in capsys.readouterr().err
+    assert upscale(inputs / "rgb.png", "-o", inputs, "--model", "bicubic", "--scale", "2") == 2
+    assert "holds the inputs themselves" in capsys.readouterr().err  # not "pass --force", which would overwrite them
+    assert upscale(inputs / "rgb.png", "-o", inputs / "gray.png", "--model", "bicubic", "--scale", "2") == 2
+    assert "gray.png is a file; -o names the folder" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.gpu

@@ -14,7 +14,7 @@ from srtrain.data.patches import (
     training_pair,
 )
 from srtrain.data.prepared import PreparedImages, load_prepared, prepare, verify_prepared
-from srtrain.data.sources import data_root, load_images, load_source, open_stream, resolve_path
+from srtrain.data.sources import data_root, load_images, load_source, missing_source, open_stream, resolve_path
 
 __all__ = [
     "DataError",
@@ -28,6 +28,7 @@ __all__ = [
     "load_images",
     "load_prepared",
     "load_source",
+    "missing_source",
     "open_stream",
     "prepare",
     "random_patch",

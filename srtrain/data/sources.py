@@ -99,17 +99,34 @@ def resolve_path(spec: str) -> Path:
     return data_root() / path
 
 
+def missing_source(spec: str) -> str:
+    """Why `spec` can name no source at all, found without opening anything (so `srtrain check-config` can say it
+    before a job is queued): '' when it is `default`, an existing path or folder pair, or of a Hub id's form."""
+    if spec == "default":
+        return ""
+    if "," in spec:
+        for folder in (resolve_path(part) for part in spec.split(",", 1)):
+            if not folder.is_dir():
+                return f"'{folder}' in the folder pair '{spec}' is not a folder (expected HR_DIR,LR_DIR)"
+        return ""
+    if resolve_path(spec).exists() or not (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
+        return ""
+    return (
+        f"data source '{spec}' is neither a local path (here or under the data root {data_root()}, set by "
+        "$SRTRAIN_DATA) nor a Hub dataset id of the form user/name"
+    )
+
+
 def load_source(spec: str, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
     """Open one data source as a `datasets.Dataset` without decoding any image.
 
     `HR_DIR,LR_DIR` names a folder pair whose LR images share the HR file names. With `streaming`, Parquet/Arrow
     files and Hub ids open as a `datasets.IterableDataset` read as iterated; the other sources stay map-style.
     """
+    if problem := missing_source(spec):
+        raise DataError(problem)
     if "," in spec:
         hr_dir, lr_dir = (resolve_path(part) for part in spec.split(",", 1))
-        for folder in (hr_dir, lr_dir):
-            if not folder.is_dir():
-                raise DataError(f"'{folder}' in the folder pair '{spec}' is not a folder (expected HR_DIR,LR_DIR)")
         return _folder_pair_dataset(hr_dir, lr_dir)
     path = resolve_path(spec)
     if path.is_dir():
@@ -126,11 +143,6 @@ def load_source(spec: str, split: str, streaming: bool = False) -> datasets.Data
         if path.suffix in (".parquet", ".arrow"):
             return datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train", streaming=streaming)
         raise DataError(f"'{spec}' is a file but not .parquet or .arrow; pass a folder of images instead")
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise DataError(
-            f"data source '{spec}' is neither a local path (here or under the data root {data_root()}, "
-            "set by $SRTRAIN_DATA) nor a Hub dataset id of the form user/name"
-        )
     try:
         return datasets.load_dataset(spec, split=split, streaming=streaming)
     except Exception as err:

@@ -74,10 +74,17 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, i
             f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
             f"{' ...' if len(unexpected) > 10 else ''}; check the model and its options"
         )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:  # same keys, other shapes
-        raise WeightsError(f"weights in '{source}' do not fit {type(model).__name__}: {err}") from err
+    own = model.state_dict()
+    differ = [
+        f"{k}: file {list(v.shape)}, model {list(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
+    ]
+    if differ:
+        raise WeightsError(
+            f"weights in '{source}' do not fit {type(model).__name__}: {len(differ)} tensor(s) of other shapes "
+            f"({'; '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}). A file for another scale differs in its "
+            "upsampler: pass the scale it was trained for (--scale); otherwise check the model and its options"
+        )
+    model.load_state_dict(state)
 
 
 def load_model_weights(model: nn.Module, path: Path) -> None:
