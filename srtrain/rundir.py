@@ -157,7 +157,8 @@ class RunDir:
 
 
 def _claim(out_dir: Path, continues: bool) -> IO[str]:
-    """Lock `out_dir` for this run's life; refuse a directory that holds another run we do not continue."""
+    """Lock `out_dir` for this run's life; refuse a directory that holds another run, unless this job continues
+    it (or starts it over: `starts_over`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the run's life, closed by the OS)
     try:
@@ -182,6 +183,21 @@ def _claim(out_dir: Path, continues: bool) -> IO[str]:
     return lock
 
 
+def starts_over(cfg: Config, out_dir: Path) -> bool:
+    """`--resume=auto` of a run that stopped before its first checkpoint (a kill or a preemption early in epoch 1):
+    nothing to continue, so the same job starts over in its directory; a changed configuration is refused."""
+    saved = out_dir / "config.yaml"
+    if cfg.resume != "auto" or not saved.is_file():
+        return False
+    changed = config_differences(yaml.safe_load(saved.read_text()), cfg.to_dict())
+    if changed:
+        raise ConfigError(
+            f"resume: {out_dir} holds a run with no checkpoint yet whose configuration differs in "
+            f"{', '.join(changed)}; start it over with its own values or pick another --output_dir"
+        )
+    return True
+
+
 def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     """Decide and claim the run directory on the main process; every process gets the same answer or error."""
     out_dir = resolve_output_dir(cfg)
@@ -192,7 +208,10 @@ def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     error, lock = [""], None
     if main:
         try:
-            lock = _claim(out_dir, continues)
+            again = ckpt is None and starts_over(cfg, out_dir)
+            if again:
+                console.print(f"[bold yellow]note:[/] {out_dir} has no checkpoint yet: the run starts over there")
+            lock = _claim(out_dir, continues or again)
         except ConfigError as err:
             error = [str(err)]
     broadcast_object_list(error)

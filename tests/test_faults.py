@@ -184,6 +184,23 @@ def wait_gone(pid: int) -> None:
         time.sleep(0.1)
 
 
+def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(reference, photo_folder, tmp_path):
+    """Preempted early in epoch 1, the run directory holds a config.yaml and no checkpoint: `--resume=auto` (what a
+    requeued job runs) starts the same job over there, and ends as the uninterrupted run; another job is refused."""
+    out = tmp_path / "run"
+    proc = srtrain(job(photo_folder, out), tmp_path, "kill:step:1")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (out / "config.yaml").is_file() and not (out / "checkpoints").exists()
+    other = srtrain(job(photo_folder, out, "--resume=auto", "--lr=0.001"), tmp_path)
+    assert other.returncode == 2 and "no checkpoint yet whose configuration differs in lr: 0.002 -> 0.001" in " ".join(
+        other.stderr.split()
+    )
+    proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "has no checkpoint yet: the run starts over there" in " ".join(proc.stdout.split())
+    assert_identical(out, reference)
+
+
 def test_second_sigint_exits_at_once():
     code = (
         "import os, signal, time\n"
