@@ -201,6 +201,21 @@ def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(refe
     assert_identical(out, reference)
 
 
+def test_gradient_accumulation_resumes_mid_epoch_exactly(photo_folder, tmp_path):
+    """grad_accum=3 over 4 batches an epoch: optimizer steps after batches 3 and 4. Killed with 3 batches of epoch 1
+    done (after step 1's checkpoint) and again in epoch 2, the resumed run ends as the straight one, bit for bit."""
+    accumulate = "--grad_accum=3"
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    assert srtrain(job(photo_folder, straight, accumulate), tmp_path, wandb="disabled").returncode == 0
+    for i, fault in enumerate(("kill:step:2", "kill:step:4")):
+        args = job(photo_folder, out, accumulate, *(["--resume=auto"] if i else []))
+        assert srtrain(args, tmp_path, fault, wandb="disabled").returncode == -signal.SIGKILL, fault
+    proc = srtrain(job(photo_folder, out, accumulate, "--resume=auto"), tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_identical(out, straight)
+    assert [(r["step"], r["lr"]) for r in metrics(out)] == [(r["step"], r["lr"]) for r in metrics(straight)]
+
+
 def test_second_sigint_exits_at_once():
     code = (
         "import os, signal, time\n"
