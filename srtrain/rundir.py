@@ -209,9 +209,9 @@ def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     if main:
         try:
             again = ckpt is None and starts_over(cfg, out_dir)
+            lock = _claim(out_dir, continues or again)
             if again:
                 console.print(f"[bold yellow]note:[/] {out_dir} has no checkpoint yet: the run starts over there")
-            lock = _claim(out_dir, continues or again)
         except ConfigError as err:
             error = [str(err)]
     broadcast_object_list(error)
