@@ -253,6 +253,13 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, str]]:
     return config_file, overrides
 
 
+def examples(folder: str, example: str) -> str:
+    """Where the checkout's example files are, for an error's hint, by absolute path: a relative one would name the
+    user's working directory ('' when srtrain is installed without its checkout)."""
+    found = Path(__file__).resolve().parents[1] / folder
+    return f" (examples are in {found}, e.g. {found / example})" if found.is_dir() else ""
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file people write (a job, a sweep); a syntax error becomes a ConfigError naming the file and line."""
     try:
@@ -270,7 +277,7 @@ def load_config(config_file: str | Path | None = None, overrides: dict[str, Any]
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist (jobs live in jobs/, e.g. jobs/quick.yaml)")
+            raise ConfigError(f"config file '{path}' does not exist{examples('jobs', 'quick.yaml')}")
         loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from srtrain.config import ConfigError, load_config, parse_overrides, read_yaml
+from srtrain.config import ConfigError, examples, load_config, parse_overrides, read_yaml
 from srtrain.models import build_model
 from srtrain.tracking import SWEEP_METRICS
 
@@ -29,7 +29,7 @@ GRID_ARRAY = "slurm/grid_array.sbatch"
 def load_sweep(path: Path) -> dict[str, Any]:
     """The sweep YAML as a mapping, with the parts srtrain relies on checked."""
     if not path.is_file():
-        raise ConfigError(f"sweep file '{path}' does not exist (examples live in sweeps/, e.g. sweeps/grid.yaml)")
+        raise ConfigError(f"sweep file '{path}' does not exist{examples('sweeps', 'grid.yaml')}")
     sweep = read_yaml(path)
     if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict) or not sweep["parameters"]:
         raise ConfigError(f"sweep file '{path}' needs a 'parameters' mapping of config keys to values")

@@ -70,6 +70,11 @@ def test_errors_name_the_key_and_the_fix(argv, needle):
     assert needle in str(err.value)
 
 
+def test_a_missing_job_file_points_at_the_examples_by_absolute_path():
+    with pytest.raises(ConfigError, match=f"'quick.yaml' does not exist \\(examples are in {ROOT / 'jobs'}, e.g."):
+        load_config("quick.yaml")
+
+
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("model: espcn\nepochs: [1\nlr: 2\n")

@@ -12,6 +12,7 @@ from conftest import DATA, ROOT, needs_data, read_rgb
 from srtrain.config import DataConfig
 from srtrain.data import DataError, PreparedImages, TrainPatches, ValImages, load_images, load_prepared, prepare
 from srtrain.data.prepared import MANIFEST, tile_starts, verify_prepared
+from srtrain.data.sources import DEFAULT_TRAIN
 from srtrain.degradation import imresize, modcrop
 
 pytestmark = needs_data
@@ -143,3 +144,12 @@ def test_streaming_a_prepared_source_is_refused(prepared):
 
     with pytest.raises(DataError, match="prepared, memory-mapped dataset.*--data.streaming=false"):
         open_stream(DataConfig(train=str(prepared), streaming=True))
+
+
+def test_the_default_photographs_can_be_prepared(tmp_path):
+    """`default` is a source like any other here too: its training photographs, cut into tiles, no network."""
+    manifest = prepare("default", tmp_path / "p", tile=96, stride=96)
+    assert manifest["settings"]["images"] == len(DEFAULT_TRAIN)
+    assert len(load_images(DataConfig(train=str(tmp_path / "p")), "train")) == sum(
+        e["tiles"] for e in manifest["shards"].values()
+    )

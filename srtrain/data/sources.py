@@ -120,9 +120,12 @@ def missing_source(spec: str) -> str:
 def load_source(spec: str, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
     """Open one data source as a `datasets.Dataset` without decoding any image.
 
-    `HR_DIR,LR_DIR` names a folder pair whose LR images share the HR file names. With `streaming`, Parquet/Arrow
-    files and Hub ids open as a `datasets.IterableDataset` read as iterated; the other sources stay map-style.
+    `default` has two splits, `train` and any other (the validation photographs). `HR_DIR,LR_DIR` names a folder
+    pair whose LR images share the HR file names. With `streaming`, Parquet/Arrow files and Hub ids open as a
+    `datasets.IterableDataset` read as iterated; the other sources stay map-style.
     """
+    if spec == "default":
+        return _default_dataset("train" if split == "train" else "val")
     if problem := missing_source(spec):
         raise DataError(problem)
     if "," in spec:
@@ -172,7 +175,7 @@ def load_images(cfg: DataConfig, role: Literal["train", "val"]) -> ImageSet | Pr
     """Open the train or val source named in the config and check its columns."""
     spec = cfg.train if role == "train" else cfg.val
     split = cfg.train_split if role == "train" else cfg.val_split
-    ds = _default_dataset(role) if spec == "default" else load_source(spec, split)
+    ds = load_source(spec, split)
     if role == "val" and cfg.max_val_images:
         ds = ds.select(range(min(cfg.max_val_images, len(ds))))
     if len(ds) == 0:
@@ -193,7 +196,7 @@ def open_stream(cfg: DataConfig) -> tuple[datasets.IterableDataset, int | None, 
     `set_epoch`); `skip(0)` pins their order, leaving the shuffle to its buffer.
     """
     spec, split = cfg.train, cfg.train_split
-    source = _default_dataset("train") if spec == "default" else load_source(spec, split, streaming=True)
+    source = load_source(spec, split, streaming=True)
     if is_prepared(source, cfg.hr_column):
         raise DataError(f"'{spec}' is a prepared, memory-mapped dataset: train from it with --data.streaming=false")
     ds, lr_column = image_columns(source, cfg, spec)
