@@ -10,6 +10,7 @@ import json
 import netrc
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,19 +105,33 @@ class Tracker:
             self.run = accelerator.get_tracker("wandb", unwrap=True)
             console.print(f"W&B run {run_id} ({self.mode}), files in {out_dir / 'wandb'}")
 
+    def _to_wandb(self, send: Callable[[], Any]) -> None:
+        """Send to W&B unless it failed before. W&B failing never stops training: SLURM's scancel or requeue
+        SIGTERMs every process of the job, W&B's service among them, while the trainer still has to save its step.
+        From the first failure on, only the local files are written; a resume logs the epochs W&B missed."""
+        if not (self.accelerator.is_main_process and self.use_wandb):
+            return
+        try:
+            send()
+        except Exception as err:
+            self.use_wandb = False
+            console.print(
+                f"[bold yellow]warning:[/] W&B failed ({type(err).__name__}: {err}); training goes on, writing "
+                f"metrics.jsonl and samples/ only; a resume (--resume=auto) logs the missing epochs to W&B",
+                highlight=False,
+            )
+
     def log_step(self, step: int, values: dict[str, float], commit: bool) -> None:
         """The loss curve within epochs, on the optimizer-step axis that epoch metrics share; `commit=False`
         leaves the step open for the epoch's metrics (W&B drops what comes for a step after its commit)."""
-        if self.accelerator.is_main_process and self.use_wandb:
-            self.run.log(values, step=step, commit=commit)
+        self._to_wandb(lambda: self.run.log(values, step=step, commit=commit))
 
     def log_epoch(self, metrics: dict[str, Any], epoch: int, step: int) -> None:
         """Commit epoch `epoch`'s metrics at optimizer step `step` to W&B, then append them to metrics.jsonl (synced
         to disk). A kill in between leaves the row in the checkpoint; the resume restores what either lost."""
         if not self.accelerator.is_main_process:
             return
-        if self.use_wandb:
-            self.run.log({"epoch": epoch, **metrics}, step=step, commit=True)
+        self._to_wandb(lambda: self.run.log({"epoch": epoch, **metrics}, step=step, commit=True))
         inject("after_log", epoch, True)
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps({"epoch": epoch, "step": step, **metrics}) + "\n")
@@ -133,12 +148,11 @@ class Tracker:
         """After a kill: log the metrics.jsonl rows that no W&B segment of the run holds (`repair_after_kill`), each
         at its own step, oldest first, before this segment logs anything; the checkpoint's step (`step`) also gets
         its own values (loss, lr), which the kill lost with the row."""
-        if not self.accelerator.is_main_process or not self.use_wandb:
-            return
         for row in rows:
             values = {k: v for k, v in row.items() if k != "step"}
-            self.run.log({**(step_values if row["step"] == step else {}), **values}, step=row["step"], commit=True)
-        if rows:
+            logged = {**(step_values if row["step"] == step else {}), **values}
+            self._to_wandb(lambda logged=logged, at=row["step"]: self.run.log(logged, step=at, commit=True))
+        if rows and self.accelerator.is_main_process and self.use_wandb:
             console.print(f"W&B: restored the rows of epochs {[r['epoch'] for r in rows]}, lost by a kill")
 
     def log_samples(self, rows: list[np.ndarray], epoch: int, step: int) -> None:
@@ -151,20 +165,18 @@ class Tracker:
             import wandb
 
             caption = "LR (nearest) | bicubic | SR | HR (PSNR-Y), above the same zoomed crop of each"
-            self.run.log({"samples": wandb.Image(grid, caption=caption)}, step=step, commit=False)
+            image = wandb.Image(grid, caption=caption)
+            self._to_wandb(lambda: self.run.log({"samples": image}, step=step, commit=False))
 
     def summary(self, **values: Any) -> None:
-        if self.accelerator.is_main_process and self.use_wandb:
-            self.run.summary.update(values)
+        self._to_wandb(lambda: self.run.summary.update(values))
 
     def finish(self) -> None:
         if not self.accelerator.is_main_process:
             return
-        if self.use_wandb:
-            for tracker in self.accelerator.trackers:
-                tracker.finish()
-            if self.mode == "offline":
-                console.print(
-                    f"W&B ran offline; upload later with: wandb sync {self.out_dir / 'wandb'}/offline-run-*",
-                    soft_wrap=True,
-                )
+        self._to_wandb(lambda: [tracker.finish() for tracker in self.accelerator.trackers])
+        if self.use_wandb and self.mode == "offline":
+            console.print(
+                f"W&B ran offline; upload later with: wandb sync {self.out_dir / 'wandb'}/offline-run-*",
+                soft_wrap=True,
+            )

@@ -184,6 +184,45 @@ def wait_gone(pid: int) -> None:
         time.sleep(0.1)
 
 
+def children_named(pid: int, name: str) -> list[int]:
+    """The pids of process `pid`'s children whose command is `name` (/proc: no pgrep needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            comm, rest = stat.read_text().rsplit(")", 1)  # "PID (COMM) STATE PPID ..."
+            if comm.split("(", 1)[1] == name and int(rest.split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_when_slurm_stops_w_b_too_training_still_saves_its_step(reference, photo_folder, tmp_path):
+    """scancel and scontrol requeue SIGTERM every process of the job, W&B's service (in a session of its own)
+    among them: W&B failing must not stop the trainer from saving its step, writing the marker and exiting 75.
+    The resume then ends as the uninterrupted run, each epoch once in W&B."""
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "SRTRAIN_FAULT": "pause:step:3"}
+    cmd = [sys.executable, "-m", "srtrain", *job(photo_folder, out)]
+    trainer = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready, deadline = tmp_path / READY_FILE, time.monotonic() + 180
+    while not ready.exists() or not ready.read_text():
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()[-3000:]
+        time.sleep(0.1)
+    (service,) = children_named(trainer.pid, "wandb-core")
+    os.kill(service, signal.SIGTERM)
+    wait_gone(service)
+    trainer.send_signal(signal.SIGTERM)
+    stdout, stderr = trainer.communicate(timeout=120)
+    assert trainer.returncode == EXIT_RESUMABLE, stderr[-3000:]
+    assert "warning: W&B failed" in stdout and "training goes on" in stdout
+    assert json.loads((out / STOPPED_FILE).read_text())["step"] == 3
+    proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_identical(out, reference)
+    segments = sorted((out / "wandb").glob("offline-run-*"))
+    epochs = [h["epoch"] for run in segments for h in wandb_history(run) if "psnr_y" in h]
+    assert sorted(epochs) == [1, 2]
+
+
 def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(reference, photo_folder, tmp_path):
     """Preempted early in epoch 1, the run directory holds a config.yaml and no checkpoint: `--resume=auto` (what a
     requeued job runs) starts the same job over there, and ends as the uninterrupted run; another job is refused."""
