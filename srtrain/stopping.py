@@ -63,6 +63,14 @@ class Stopper:
             os._exit(130)  # the second Ctrl-C: stop now, as a user who presses it twice means
         self.signal_name = self.signal_name or signal.Signals(signum).name
 
+    def training_done(self) -> None:
+        """Ignore the warning signals (SIGUSR1/2: "save soon") from here on: there is nothing left to save. Left to
+        the interpreter's exit, which restores their default action, a late one (SLURM's time-limit warning) would
+        kill the finished process, and its batch script would requeue a complete run. SIGTERM and SIGINT still stop
+        the exit's last work (W&B's upload) as asked."""
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
+
     def vote(self) -> float:
         return 1.0 if self.signal_name else 0.0
 

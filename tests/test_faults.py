@@ -223,6 +223,28 @@ def test_when_slurm_stops_w_b_too_training_still_saves_its_step(reference, photo
     assert sorted(epochs) == [1, 2]
 
 
+def test_a_warning_signal_after_training_is_done_is_ignored(photo_folder, tmp_path):
+    """SLURM's time-limit warning (USR1) can come after training ended, while the process exits: the interpreter's
+    exit restores default actions, so USR1 would kill the finished run and the batch script requeue it. Once done,
+    USR1/USR2 are ignored (asserted on the kernel's record of the process), and the run ends with 0, no marker."""
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled", "SRTRAIN_FAULT": "pause:done:1"}
+    cmd = [sys.executable, "-m", "srtrain", *job(photo_folder, out, "--epochs=1")]
+    trainer = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready, deadline = tmp_path / READY_FILE, time.monotonic() + 180
+    while not ready.exists() or not ready.read_text():
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()[-3000:]
+        time.sleep(0.1)
+    status = Path(f"/proc/{trainer.pid}/status").read_text()
+    ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16)
+    assert all(ignored >> (sig - 1) & 1 for sig in (signal.SIGUSR1, signal.SIGUSR2))
+    trainer.send_signal(signal.SIGUSR1)
+    ready.unlink()
+    _, stderr = trainer.communicate(timeout=120)
+    assert trainer.returncode == 0, stderr[-3000:]
+    assert not (out / STOPPED_FILE).exists() and [r["epoch"] for r in metrics(out)] == [1]
+
+
 def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(reference, photo_folder, tmp_path):
     """Preempted early in epoch 1, the run directory holds a config.yaml and no checkpoint: `--resume=auto` (what a
     requeued job runs) starts the same job over there, and ends as the uninterrupted run; another job is refused."""
