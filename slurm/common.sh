@@ -5,7 +5,7 @@ SRTRAIN=${SLURM_SUBMIT_DIR:?submit with sbatch from the srtrain repository root}
 export PYTHONPATH="$SRTRAIN${PYTHONPATH:+:$PYTHONPATH}"  # the code of the checkout the job was submitted from
 echo "srtrain: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST} in $PWD, SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}"
 # Signals are trapped from here on (USR1 would otherwise end this shell); run_preemptible says what to do with them.
-SIGNALLED="" CHILD="" DEPTH=0
+SIGNALLED="" CHILD="" DEPTH=0 PENDING=""
 trap 'SIGNALLED=USR1; [ -z "$CHILD" ] || forward USR1' USR1
 trap 'SIGNALLED=${SIGNALLED:-TERM}' TERM
 
@@ -59,9 +59,15 @@ run_preemptible() {
   fi
   "$@" &
   CHILD=$!
-  local rc
+  local rc=0
   while :; do
     set +e
+    if [ -n "$PENDING" ] && kill -0 "$CHILD" 2>/dev/null; then  # a signal came before training processes existed
+      sleep 1
+      forward "$PENDING"
+      set -e
+      continue
+    fi
     wait "$CHILD"
     rc=$?
     set -e
@@ -78,10 +84,17 @@ requeue() {
   scontrol requeue "$SLURM_JOB_ID"
 }
 
-# Send signal $1 to the processes DEPTH levels below the background command.
+# Send signal $1 to the processes DEPTH levels below the background command. None there yet (the launcher is still
+# starting them): keep it PENDING, and run_preemptible passes it on once they exist.
 forward() {
   local pids=$CHILD
   for _ in $(seq "$DEPTH"); do pids=$(pgrep -d , -P "$pids" || true); done
-  echo "srtrain: passing $1 on to process(es) ${pids:-none}"
-  [ -z "$pids" ] || kill -s "$1" ${pids//,/ } 2>/dev/null || true
+  if [ -z "$pids" ]; then
+    [ -n "$PENDING" ] || echo "srtrain: $1 came before training started; passing it on when it does"
+    PENDING=$1
+    return 0
+  fi
+  PENDING=""
+  echo "srtrain: passing $1 on to process(es) $pids"
+  kill -s "$1" ${pids//,/ } 2>/dev/null || true
 }

@@ -4,6 +4,7 @@ brought up once per session. Jobs are tiny (four 120x120 Set5 crops, ESPCN, 32-p
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -193,3 +194,40 @@ def test_preempted_job_requeues_itself_and_ends_as_if_never_stopped(slurm, photo
     ref_weights = load_file(str(ref_out / "checkpoints" / "last" / "model.safetensors"))
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+LAUNCHER = """import os, subprocess, sys, time
+open("launcher_up", "w").close()
+while not os.path.exists("go"):  # the launcher starting up, no training process yet
+    time.sleep(0.05)
+sys.exit(1 if subprocess.call([sys.executable, "-c", "import time; time.sleep(60)"]) else 0)
+"""
+BATCH = """source "$SLURM_SUBMIT_DIR/slurm/common.sh"
+requeue() { echo "requeue: $1"; }  # no controller here: what the script would ask of it
+run_preemptible 1 python3 launcher.py
+"""
+
+
+def test_a_warning_before_the_trainer_exists_is_passed_on_when_it_does(tmp_path):
+    """USR1 while `accelerate launch` is still starting (no training process yet) was passed to nobody and lost:
+    the job then trained through its time limit. common.sh keeps it pending and passes it on (the run is
+    requeued). The shell functions of a batch script, run here as a batch script would run them."""
+    (tmp_path / "launcher.py").write_text(LAUNCHER)
+    (tmp_path / "batch.sh").write_text(BATCH)
+    env = {**os.environ, "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"}
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        batch = subprocess.Popen(["bash", "batch.sh"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "launcher_up").exists():
+        assert batch.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    batch.send_signal(signal.SIGUSR1)
+    while "USR1 came before training started" not in log.read_text():
+        assert batch.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    assert batch.wait(timeout=120) == 1, log.read_text()
+    text = log.read_text()
+    assert re.search(r"passing USR1 on to process\(es\) \d+", text), text
+    assert "requeue: training stopped with exit code 1" in text
