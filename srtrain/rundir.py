@@ -154,6 +154,7 @@ class RunDir:
     continues: bool  # the checkpoint is this directory's own: same W&B run, same config.yaml
     skipped: list[str]
     lock: IO[str] | None = None
+    wandb_run_id: str = ""  # a run started over: the W&B run of its attempt that died before its first checkpoint
 
 
 def _claim(out_dir: Path, continues: bool) -> IO[str]:
@@ -205,19 +206,27 @@ def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     continues = ckpt is not None and ckpt.parent.resolve() == (out_dir / "checkpoints").resolve()
     if ckpt is not None:
         check_resumable(cfg, ckpt, global_batch)
-    error, lock = [""], None
+    error, lock, earlier_id = [""], None, ""
     if main:
         try:
             again = ckpt is None and starts_over(cfg, out_dir)
             lock = _claim(out_dir, continues or again)
             if again:
                 console.print(f"[bold yellow]note:[/] {out_dir} has no checkpoint yet: the run starts over there")
+                earlier_id = _only_wandb_run(out_dir)
         except ConfigError as err:
             error = [str(err)]
     broadcast_object_list(error)
     if error[0]:
         raise ConfigError(error[0])
-    return RunDir(out_dir, ckpt, continues, skipped, lock)
+    return RunDir(out_dir, ckpt, continues, skipped, lock, earlier_id)
+
+
+def _only_wandb_run(out_dir: Path) -> str:
+    """The id of the one W&B run in `out_dir/wandb` ('' for none or several). A run started over keeps it: the
+    attempt that died logged the same first steps (same seed), so W&B shows one run, not an orphan beside it."""
+    ids = {p.name.rsplit("-", 1)[1] for p in (out_dir / "wandb").glob("*run-*") if p.is_dir()}
+    return ids.pop() if len(ids) == 1 else ""
 
 
 def repair_after_kill(run: RunDir, state: TrainState, use_wandb: bool) -> list[dict[str, Any]]:

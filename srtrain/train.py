@@ -383,8 +383,8 @@ def start_job(cfg: Config) -> Job:
     state = TrainState()
     if run.ckpt is not None:
         state = load_checkpoint(run.ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
-    if not run.continues:  # a new run, also from another run's checkpoint: a new W&B run
-        state.wandb_run_id = new_run_id()
+    if not run.continues:  # a new run, also from another run's checkpoint: a new W&B run (or the one started over)
+        state.wandb_run_id = run.wandb_run_id or new_run_id()
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     lost_rows: list[dict[str, float]] = []
     if main and run.continues:

@@ -260,6 +260,10 @@ def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(refe
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "has no checkpoint yet: the run starts over there" in " ".join(proc.stdout.split())
     assert_identical(out, reference)
+    segments = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1  # one W&B run, no orphan
+    epochs = [h["epoch"] for run in segments for h in wandb_history(run) if "psnr_y" in h]
+    assert sorted(epochs) == [1, 2]
 
 
 def test_gradient_accumulation_resumes_mid_epoch_exactly(photo_folder, tmp_path):
