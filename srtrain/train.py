@@ -435,7 +435,11 @@ def announce(job: Job, val_count: int) -> None:
         f"{len(job.train_loader.dataset.images)} train / {val_count} val images, {acc.num_processes} process(es) "
         f"on {acc.device}, batch {cfg.batch_size}/process x {acc.num_processes} x {cfg.grad_accum} accumulation = "
         f"{state.global_batch} global, lr {cfg.lr}, {cfg.mixed_precision} precision, {length}, run dir {run.path}"
-        + (f", resuming from epoch {state.epoch} step {state.step} ({run.ckpt})" if run.ckpt else "")
+        + (
+            f", resuming at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_done}) from {run.ckpt}"
+            if run.ckpt
+            else ""
+        )
     )
 
 

@@ -89,7 +89,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(reference, photo_folder, 
         assert proc.returncode == -signal.SIGKILL, (fault, proc.stderr[-3000:])
     proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming from epoch" in proc.stdout
+    assert "resuming at step" in proc.stdout
     assert_identical(out, reference)
     rows, ref_rows = metrics(out), metrics(reference)
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -105,7 +105,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(reference, photo_folder, 
     # The loss curve continues on one step axis: the last segment logs from its checkpoint's step on (and the
     # checkpoint's own step first when it restores that step's row).
     final = [h["_step"] for h in wandb_history(segments[-1]) if "train/loss" in h]
-    resumed_at = int(re.search(r"resuming from epoch \d+ step (\d+)", proc.stdout).group(1))
+    resumed_at = int(re.search(r"resuming at step (\d+)", proc.stdout).group(1))
     assert final in (list(range(resumed_at + 1, STEPS + 1)), list(range(resumed_at, STEPS + 1)))
 
 

@@ -100,7 +100,7 @@ def test_checkpoints_load_across_world_sizes(pair, tmp_path, saved_by, resumed_b
     batch = 8 // resumed_by
     job = tiny_job(photos, out, "--epochs=3", f"--batch_size={batch}", "--data.repeat=8", "--resume=auto")
     proc = run([MAIN, *job], resumed_by, tmp_path)
-    assert "resuming from epoch 2" in proc.stdout
+    assert "resuming at step" in proc.stdout and "(epoch 3, batch 0) from" in proc.stdout
     assert [r["epoch"] for r in metrics(out)] == [2, 3]  # the folder had no metrics.jsonl: epoch 2's row restored
 
 

@@ -183,7 +183,7 @@ def test_preempted_job_requeues_itself_and_ends_as_if_never_stopped(slurm, photo
     assert ref_task["JobState"] == "COMPLETED"
     assert "srtrain: stopped by SIGUSR1 at step" in text  # the trainer's checkpoint at its step, mid-epoch (issue 9)
     assert "USR1 received" in text and f"requeueing job {job}" in text
-    assert "SLURM_RESTART_COUNT=1" in text and "resuming from" in text
+    assert "SLURM_RESTART_COUNT=1" in text and "resuming at step" in text
     assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]  # every epoch exactly once
     attempts = offline_runs(out)
     assert len(attempts) == 2 and len({p.name.rsplit("-", 1)[1] for p in attempts}) == 1  # one W&B run, by id

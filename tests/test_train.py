@@ -142,7 +142,7 @@ def test_resume_continues_exactly(full_run, photo_folder, tmp_path):
     out = tmp_path / "run"
     launch(tiny_job(photo_folder, out, "--epochs=1"), tmp_path)
     proc = launch(tiny_job(photo_folder, out, "--epochs=2", "--resume=auto"), tmp_path)
-    assert "resuming from epoch 1" in proc.stdout
+    assert "resuming at step" in proc.stdout and "(epoch 2, batch 0) from" in proc.stdout
     rows, ref_rows = metrics(out), metrics(reference)
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "val_loss", "psnr_y", "lr"):
