@@ -26,10 +26,16 @@ def run(argv: list[str] | None = None) -> int:
     """Run one srtrain command (`argv`, else the process's arguments). Output piped into a reader that stopped
     early (`srtrain --help | head`) ends the command quietly, with 1, as other command-line tools do."""
     try:
-        return load_cli()(argv)
+        status = load_cli()(argv)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
         return 1
+    from srtrain.faults import inject
+    from srtrain.stopping import ignore_warning_signals
+
+    ignore_warning_signals()  # the work is done: a late SLURM warning must not kill the exiting process
+    inject("exit", 1, True)
+    return status
 
 
 if __name__ == "__main__":

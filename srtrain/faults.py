@@ -4,7 +4,7 @@ tests are deterministic rather than timed. Not for users; unset, it costs one st
 POINT (with N): `step` (after optimizer step N), `checkpoint` (in the write of the checkpoint at step N, after the
 weights file, before the rest), `validation` (in epoch N's validation), `epoch_end` (after epoch N's checkpoint,
 before its W&B log and metrics line), `after_log` (right after epoch N's row is logged to W&B, before its metrics
-line: within W&B's file flush interval), `done` (N=1: training over, before the tracker closes). ACTION: `kill`
+line: within W&B's file flush interval), `exit` (N=1: the command done, the process about to exit). ACTION: `kill`
 (SIGKILL, as the OOM killer does), `enospc` (the write fails as on a full disk), `pause` (write `fault_ready` in
 the working directory, then wait until the test sends a stop signal or deletes `fault_ready` to let the run go on).
 """

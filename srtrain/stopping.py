@@ -40,6 +40,15 @@ def die_with_parent() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def ignore_warning_signals() -> None:
+    """For a command's process once its work is done: ignore SIGUSR1/2 ("save soon") until it exits. The
+    interpreter's exit restores the default action of every signal with a Python handler, so a late one (SLURM's
+    time-limit warning) would kill the finished process, and its batch script would requeue a complete run. Ignored
+    dispositions are inherited by children, so never call this where the process goes on (training as a library)."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StoppedToResume(Exception):
     """Training stopped on a signal after saving a checkpoint: exit with EXIT_RESUMABLE."""
 
@@ -62,14 +71,6 @@ class Stopper:
         if signum == signal.SIGINT and self.signal_name == "SIGINT":
             os._exit(130)  # the second Ctrl-C: stop now, as a user who presses it twice means
         self.signal_name = self.signal_name or signal.Signals(signum).name
-
-    def training_done(self) -> None:
-        """Ignore the warning signals (SIGUSR1/2: "save soon") from here on: there is nothing left to save. Left to
-        the interpreter's exit, which restores their default action, a late one (SLURM's time-limit warning) would
-        kill the finished process, and its batch script would requeue a complete run. SIGTERM and SIGINT still stop
-        the exit's last work (W&B's upload) as asked."""
-        for sig in (signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, signal.SIG_IGN)
 
     def vote(self) -> float:
         return 1.0 if self.signal_name else 0.0

@@ -446,8 +446,6 @@ def announce(job: Job, val_count: int) -> None:
 def finish_job(job: Job, last: dict[str, float]) -> dict[str, float]:
     """Close the tracker, print the verdict against bicubic, return the run's summary."""
     state, acc = job.state, job.accelerator
-    job.stopper.training_done()
-    inject("done", 1, acc.is_main_process)
     job.tracker.finish()
     if acc.is_main_process:
         final = last.get("psnr_y", state.best_psnr_y)

@@ -228,7 +228,7 @@ def test_a_warning_signal_after_training_is_done_is_ignored(photo_folder, tmp_pa
     exit restores default actions, so USR1 would kill the finished run and the batch script requeue it. Once done,
     USR1/USR2 are ignored (asserted on the kernel's record of the process), and the run ends with 0, no marker."""
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "disabled", "SRTRAIN_FAULT": "pause:done:1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "SRTRAIN_FAULT": "pause:exit:1"}
     cmd = [sys.executable, "-m", "srtrain", *job(photo_folder, out, "--epochs=1")]
     trainer = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready, deadline = tmp_path / READY_FILE, time.monotonic() + 180
