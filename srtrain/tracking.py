@@ -148,10 +148,13 @@ class Tracker:
         """After a kill: log the metrics.jsonl rows that no W&B segment of the run holds (`repair_after_kill`), each
         at its own step, oldest first, before this segment logs anything; the checkpoint's step (`step`) also gets
         its own values (loss, lr), which the kill lost with the row."""
-        for row in rows:
-            values = {k: v for k, v in row.items() if k != "step"}
-            logged = {**(step_values if row["step"] == step else {}), **values}
-            self._to_wandb(lambda logged=logged, at=row["step"]: self.run.log(logged, step=at, commit=True))
+
+        def send() -> None:
+            for row in rows:
+                values = {k: v for k, v in row.items() if k != "step"}
+                self.run.log({**(step_values if row["step"] == step else {}), **values}, step=row["step"], commit=True)
+
+        self._to_wandb(send)
         if rows and self.accelerator.is_main_process and self.use_wandb:
             console.print(f"W&B: restored the rows of epochs {[r['epoch'] for r in rows]}, lost by a kill")
 
@@ -174,7 +177,12 @@ class Tracker:
     def finish(self) -> None:
         if not self.accelerator.is_main_process:
             return
-        self._to_wandb(lambda: [tracker.finish() for tracker in self.accelerator.trackers])
+
+        def finish_all() -> None:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+
+        self._to_wandb(finish_all)
         if self.use_wandb and self.mode == "offline":
             console.print(
                 f"W&B ran offline; upload later with: wandb sync {self.out_dir / 'wandb'}/offline-run-*",

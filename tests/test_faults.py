@@ -168,12 +168,25 @@ def paused_launch(processes: int, args: list[str], cwd: Path, fault: str) -> tup
         [*accelerate_launch(processes), MAIN, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    ready = cwd / READY_FILE
-    deadline = time.monotonic() + 180
+    return wait_paused(launcher, cwd), launcher
+
+
+def wait_paused(proc: subprocess.Popen, cwd: Path) -> int:
+    """Poll until the fault hook has paused the run (it writes its pid to READY_FILE in `cwd`); that pid."""
+    ready, deadline = cwd / READY_FILE, time.monotonic() + 180
     while not ready.exists() or not ready.read_text():
-        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:]
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
         time.sleep(0.1)
-    return int(ready.read_text()), launcher
+    return int(ready.read_text())
+
+
+def paused_srtrain(args: list[str], cwd: Path, fault: str, wandb: str) -> subprocess.Popen:
+    """`python -m srtrain` (one process, no launcher) paused at `fault` by the fault hook."""
+    env = {**os.environ, "WANDB_MODE": wandb, "SRTRAIN_FAULT": fault}
+    cmd = [sys.executable, "-m", "srtrain", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_paused(proc, cwd)
+    return proc
 
 
 def wait_gone(pid: int) -> None:
@@ -200,13 +213,7 @@ def test_when_slurm_stops_w_b_too_training_still_saves_its_step(reference, photo
     among them: W&B failing must not stop the trainer from saving its step, writing the marker and exiting 75.
     The resume then ends as the uninterrupted run, each epoch once in W&B."""
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "SRTRAIN_FAULT": "pause:step:3"}
-    cmd = [sys.executable, "-m", "srtrain", *job(photo_folder, out)]
-    trainer = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ready, deadline = tmp_path / READY_FILE, time.monotonic() + 180
-    while not ready.exists() or not ready.read_text():
-        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()[-3000:]
-        time.sleep(0.1)
+    trainer = paused_srtrain(job(photo_folder, out), tmp_path, "pause:step:3", "offline")
     (service,) = children_named(trainer.pid, "wandb-core")
     os.kill(service, signal.SIGTERM)
     wait_gone(service)
@@ -228,18 +235,12 @@ def test_a_warning_signal_after_training_is_done_is_ignored(photo_folder, tmp_pa
     exit restores default actions, so USR1 would kill the finished run and the batch script requeue it. Once done,
     USR1/USR2 are ignored (asserted on the kernel's record of the process), and the run ends with 0, no marker."""
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "disabled", "SRTRAIN_FAULT": "pause:exit:1"}
-    cmd = [sys.executable, "-m", "srtrain", *job(photo_folder, out, "--epochs=1")]
-    trainer = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ready, deadline = tmp_path / READY_FILE, time.monotonic() + 180
-    while not ready.exists() or not ready.read_text():
-        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()[-3000:]
-        time.sleep(0.1)
+    trainer = paused_srtrain(job(photo_folder, out, "--epochs=1"), tmp_path, "pause:exit:1", "disabled")
     status = Path(f"/proc/{trainer.pid}/status").read_text()
     ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16)
     assert all(ignored >> (sig - 1) & 1 for sig in (signal.SIGUSR1, signal.SIGUSR2))
     trainer.send_signal(signal.SIGUSR1)
-    ready.unlink()
+    (tmp_path / READY_FILE).unlink()
     _, stderr = trainer.communicate(timeout=120)
     assert trainer.returncode == 0, stderr[-3000:]
     assert not (out / STOPPED_FILE).exists() and [r["epoch"] for r in metrics(out)] == [1]
@@ -367,14 +368,7 @@ def test_full_disk_keeps_the_previous_checkpoint(photo_folder, tmp_path):
         if disk is None:
             proc = srtrain(job(photo_folder, out), tmp_path, "enospc:checkpoint:3", wandb="disabled")
         else:
-            env = {**os.environ, "WANDB_MODE": "disabled", "SRTRAIN_FAULT": "pause:step:3"}
-            trainer = subprocess.Popen(
-                [sys.executable, "-m", "srtrain", *job(photo_folder, out)], cwd=tmp_path, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            while not (tmp_path / READY_FILE).exists() or not (tmp_path / READY_FILE).read_text():
-                assert trainer.poll() is None, trainer.stderr.read()
-                time.sleep(0.1)
+            trainer = paused_srtrain(job(photo_folder, out), tmp_path, "pause:step:3", "disabled")
             stat = os.statvfs(disk)
             with open(disk / "filler", "wb") as f, contextlib.suppress(OSError):
                 f.write(b"\0" * (stat.f_bavail * stat.f_frsize))

@@ -109,7 +109,8 @@ def missing_source(spec: str) -> str:
             if not folder.is_dir():
                 return f"'{folder}' in the folder pair '{spec}' is not a folder (expected HR_DIR,LR_DIR)"
         return ""
-    if resolve_path(spec).exists() or not (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
+    hub_id = not spec.startswith((".", "/", "~")) and spec.count("/") == 1
+    if hub_id or resolve_path(spec).exists():
         return ""
     return (
         f"data source '{spec}' is neither a local path (here or under the data root {data_root()}, set by "
