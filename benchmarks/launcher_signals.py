@@ -1,82 +1,113 @@
-"""What `accelerate launch` does with a stop signal and with a worker's exit 75: the table in docs/faults.md.
+"""What `accelerate launch` does with a stop signal, and what the trainer then does: docs/faults.md's launcher table.
 
-For each launch (1 process; 2 processes; 2 with PET_SIGNALS_TO_HANDLE) and signal, a stand-in worker that stops
-the way the trainer does (`srtrain.stopping.Stopper`, then a 2 s "checkpoint", then exit 75) is launched, the
-signal is sent to the launcher's pid, and the launcher's exit status, the signal each worker heard, whether it
-finished its save and whether any worker is left running are printed.
+For each launch (1 process; 2 processes; each with and without PET_SIGNALS_TO_HANDLE) and signal (SIGTERM, SIGINT,
+SIGUSR1), a small real training (ESPCN on four Set5 crops) is paused at step 3 by the fault hook, the signal is
+sent to the launcher's pid alone, and the table row says: the launcher's exit status (as a shell shows it), the
+checkpoint's step and the marker, how many stop lines reached the launcher's stderr,
+any process left running, and the seconds from the signal to the last of them gone (the launcher, the trainer,
+a checkpoint writer it forked). Run it once per accelerate version:
 
-    PYTHONPATH=$PWD python benchmarks/launcher_signals.py
+    SRTRAIN_DATA=../shared/data python benchmarks/launcher_signals.py
 """
 
 from __future__ import annotations
 
+import json
 import os
-import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-WORKER = """
-import os, sys, time
-from pathlib import Path
-from srtrain.stopping import EXIT_RESUMABLE, Stopper
-stopper = Stopper(0)
-stopper.install()
-rank = os.environ.get("RANK", "0")
-Path(f"ready{rank}").write_text(str(os.getpid()))
-while not stopper.signal_name:
-    time.sleep(0.05)
-Path(f"heard{rank}").write_text(stopper.signal_name)
-time.sleep(2)  # the checkpoint write
-Path(f"saved{rank}").write_text("")
-sys.exit(EXIT_RESUMABLE)
-"""
+import accelerate
+import PIL.Image
+import torch
+
+from srtrain.checkpoint import read_state
+from srtrain.faults import READY_FILE
+from srtrain.stopping import STOPPED_FILE
+
+MAIN = str(Path(__file__).resolve().parents[1] / "srtrain" / "main.py")
 PET = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
-def launch(folder: Path, processes: int, pet: bool) -> subprocess.Popen:
+def photos(folder: Path) -> Path:
+    data = Path(os.environ.get("SRTRAIN_DATA", "data"))
+    folder.mkdir()
+    for name in ("baby", "bird", "head", "woman"):
+        PIL.Image.open(data / "Set5" / f"{name}.png").convert("RGB").crop((0, 0, 120, 120)).save(folder / f"{name}.png")
+    return folder
+
+
+def launch(folder: Path, processes: int, pet: bool, hr: Path) -> subprocess.Popen:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     world = ["--num_processes", "1"] if processes == 1 else ["--multi_gpu", "--num_processes", "2"]
     quiet = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    port = ["--main_process_port", str(29700 + random.randrange(300))]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"} | ({"PET_SIGNALS_TO_HANDLE": PET} if pet else {})
-    cmd = ["accelerate", "launch", *world, *quiet, *port, "worker.py"]
-    return subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = [f"--data.train={hr}", "--data.val=Set5", "--data.max_val_images=2", "--data.repeat=8", "--patch_size=48"]
+    job += ["--batch_size=4", "--epochs=2", f"--output_dir={folder / 'run'}"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "disabled", "SRTRAIN_FAULT": "pause:step:3"}
+    env |= {"PET_SIGNALS_TO_HANDLE": PET} if pet else {}
+    cmd = ["accelerate", "launch", *world, *quiet, "--main_process_port", str(port), MAIN, *job]
+    log = open(folder / "launcher.log", "w")  # noqa: SIM115 (closed with the launch)
+    return subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
-def one(processes: int, sig: signal.Signals | None, pet: bool) -> str:
+def running_in(folder: Path) -> list[int]:
+    """The live processes working in `folder`: the launcher, its trainers, a checkpoint writer they forked (which
+    outlives its parent when the launcher SIGKILLs it, no longer its descendant)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(proc / "cwd") == str(folder) and "zombie" not in (proc / "status").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def one(processes: int, sig: signal.Signals, pet: bool, hr: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "worker.py").write_text(WORKER if sig else "import sys; sys.exit(75)\n")
-        launcher = launch(folder, processes, pet)
-        if sig is None:
-            return f"{processes} process(es), worker exits 75: launcher status {launcher.wait(timeout=120)}"
-        while len(list(folder.glob("ready*"))) < processes:
+        launcher = launch(folder, processes, pet, hr)
+        ready = folder / READY_FILE
+        while not ready.exists() or not ready.read_text():
+            assert launcher.poll() is None, (folder / "launcher.log").read_text()[-2000:]
             time.sleep(0.1)
-        pids = [int(p.read_text()) for p in folder.glob("ready*")]
+        start = time.monotonic()
         launcher.send_signal(sig)
-        status = launcher.wait(timeout=120)
-        deadline = time.monotonic() + 60
-        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        status = launcher.wait(timeout=180)
+        while running_in(folder) and time.monotonic() - start < 120:
             time.sleep(0.1)
-        heard = sorted(p.read_text() for p in folder.glob("heard*"))
-        saved = len(list(folder.glob("saved*")))
-        left = sum(Path(f"/proc/{pid}").exists() for pid in pids)
+        gone_s, left = time.monotonic() - start, running_in(folder)
+        out = folder / "run"
+        marker = json.loads((out / STOPPED_FILE).read_text()) if (out / STOPPED_FILE).exists() else {}
+        step = read_state(out / "checkpoints" / "last").step if (out / "checkpoints" / "last").exists() else "-"
+        lines = (folder / "launcher.log").read_text().count("srtrain: stopped by")
+        shown = 128 - status if status < 0 else status
         return (
-            f"{processes} process(es), {sig.name} to the launcher{', PET_SIGNALS_TO_HANDLE' if pet else ''}: "
-            f"launcher status {status}, workers heard {heard}, saved {saved}/{processes}, left running {left}"
+            f"| {processes} | {sig.name} | {'yes' if pet else 'no'} | {shown} | {step} | "
+            f"{marker.get('signal', '-')} {marker.get('exit_code', '')} | {lines}/{processes} | {len(left)} | "
+            f"{gone_s:.1f} s |"
         )
 
 
 def main() -> None:
-    print(f"python {sys.version.split()[0]}")
-    for processes in (1, 2):
-        print(one(processes, None, False))
-    for processes, pet in ((1, False), (2, False), (2, True)):
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            print(one(processes, sig, pet), flush=True)
+    print(f"accelerate {accelerate.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}\n")
+    print(
+        "| processes | signal | PET_SIGNALS_TO_HANDLE | launcher status | checkpoint step | marker | stop lines "
+        "in the log | left running | signal to all gone |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        hr = photos(Path(tmp) / "hr")
+        for processes, pet in ((1, False), (1, True), (2, False), (2, True)):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                print(one(processes, sig, pet, hr), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import difflib
 import json
 import os
@@ -69,7 +70,8 @@ def train_main(argv: list[str]) -> int:
     except (NonFiniteLossError, CheckpointError) as err:
         return _error(err, 1)
     except StoppedToResume as stop:
-        Console(stderr=True).print(f"[bold yellow]srtrain:[/] {stop}", highlight=False, soft_wrap=True)
+        with contextlib.suppress(OSError):  # saved: a closed stderr must not turn the stop into a failure
+            Console(stderr=True).print(f"[bold yellow]srtrain:[/] {stop}", highlight=False, soft_wrap=True)
         return EXIT_RESUMABLE
     return 0
 

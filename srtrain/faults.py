@@ -7,6 +7,7 @@ before its W&B log and metrics line), `after_log` (right after epoch N's row is 
 line: within W&B's file flush interval), `exit` (N=1: the command done, the process about to exit). ACTION: `kill`
 (SIGKILL, as the OOM killer does), `enospc` (the write fails as on a full disk), `pause` (write `fault_ready` in
 the working directory, then wait until the test sends a stop signal or deletes `fault_ready` to let the run go on).
+Several, comma-separated: `pause:step:3,pause:checkpoint:3`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 READY_FILE = "fault_ready"
-_SPEC = os.environ.get("SRTRAIN_FAULT", "")
+_SPECS = [spec.split(":") for spec in os.environ.get("SRTRAIN_FAULT", "").split(",") if spec]
 
 
 def inject(point: str, n: int, main: bool, stop_requested: Callable[[], bool] = lambda: False) -> None:
     """Fail here if SRTRAIN_FAULT names this point and number (main process only)."""
-    if not _SPEC or not main:
+    if not _SPECS or not main:
         return
-    action, where, at = _SPEC.split(":")
-    if where != point or int(at) != n:
-        return
+    action = next((action for action, where, at in _SPECS if where == point and int(at) == n), "")
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "enospc":

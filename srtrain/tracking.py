@@ -11,6 +11,7 @@ import netrc
 import os
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,15 @@ def wandb_mode(cfg: Config) -> str:
     return "online" if _has_wandb_key() else "offline"
 
 
+def abandon_wandb() -> None:
+    """Let W&B go after it failed: its exit hook would otherwise talk to a service that may be gone (SIGTERMed with
+    the job) and print a traceback as the process exits. What it had written stays; a resume restores the rest."""
+    import wandb
+
+    with suppress(Exception):
+        wandb.teardown()
+
+
 class Tracker:
     """The run's writer: call on every process; everything but the return values is main-process only."""
 
@@ -115,6 +125,7 @@ class Tracker:
             send()
         except Exception as err:
             self.use_wandb = False
+            abandon_wandb()
             console.print(
                 f"[bold yellow]warning:[/] W&B failed ({type(err).__name__}: {err}); training goes on, writing "
                 f"metrics.jsonl and samples/ only; a resume (--resume=auto) logs the missing epochs to W&B",

@@ -8,6 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from srtrain.models import build_model
 from srtrain.models.profile import trainable_parameters
 from srtrain.models.weights import load_model_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
-from srtrain.stopping import StoppedToResume, Stopper
+from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume, Stopper
 from srtrain.tracking import Tracker, console, new_run_id, wandb_mode
 from srtrain.visual import sample_grid
 
@@ -287,6 +288,13 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
             "patches_per_s": state.epoch_patches / state.epoch_seconds if state.epoch_seconds else 0.0,
             "train_minutes": state.train_seconds / 60,
         }
+    with job.stopper.updating():  # a stop signal during validation saves the epoch's last step (one process)
+        return close_epoch(job, epoch, row)
+
+
+def close_epoch(job: Job, epoch: int, row: dict[str, float]) -> dict[str, float]:
+    """The epoch's state, its checkpoint, then W&B, metrics.jsonl, samples and `best`."""
+    cfg, state, acc = job.cfg, job.state, job.accelerator
     improved = bool(row) and row["psnr_y"] > state.best_psnr_y
     if improved:
         state.best_psnr_y, state.best_epoch = row["psnr_y"], epoch
@@ -314,18 +322,43 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
     return row
 
 
+def stop_message(job: Job) -> str:
+    state = job.state
+    return (
+        f"stopped by {job.stopper.signal_name or 'a signal to another process'} at step {state.step} (epoch "
+        f"{state.epoch + 1}, batch {state.batches_done}); checkpoint {job.run.path / 'checkpoints' / 'last'}; "
+        "continue with --resume=auto"
+    )
+
+
 def stop_to_resume(job: Job) -> None:
-    """A signal: checkpoint this step (unless the epoch end just did), leave the marker, flush W&B, exit 75."""
+    """A signal (several processes): checkpoint this step (unless the epoch end just did), leave the marker, flush
+    W&B, exit 75."""
     state = job.state
     if state.batches_done:
         save_last(job)
     on_main(job.accelerator, lambda: job.stopper.write_marker(job.run.path, state.step, state.epoch))
     job.tracker.finish()
-    raise StoppedToResume(
-        f"stopped by {job.stopper.signal_name or 'a signal to another process'} at step {state.step} (epoch "
-        f"{state.epoch + 1}, batch {state.batches_done}); checkpoint {job.run.path / 'checkpoints' / 'last'}; "
-        "continue with --resume=auto"
-    )
+    raise StoppedToResume(stop_message(job))
+
+
+def save_to_resume(job: Job) -> int:
+    """A signal (one process, `Stopper.arm`): the state is that of the last completed step; checkpoint it (unless
+    the epoch end just did), leave the marker and say so; the exit status. Runs in a forked child on CPU: no
+    threads of its own, its line written straight to the file descriptor."""
+    torch.set_num_threads(1)  # a forked child has none of the parent's OpenMP threads
+    state, line, status = job.state, f"srtrain: {stop_message(job)}", EXIT_RESUMABLE
+    try:
+        if state.batches_done:
+            plain = job.accelerator.unwrap_model(job.model)
+            last = job.run.path / "checkpoints" / "last"
+            save_checkpoint(last, plain, job.optimizer, state, job.config_yaml, job.accelerator.scaler)
+        job.stopper.write_marker(job.run.path, state.step, state.epoch)
+    except (CheckpointError, OSError) as err:
+        line, status = f"error: {err}", 1
+    with suppress(OSError):  # a closed stderr must not turn a saved stop into a failure
+        os.write(2, (line + "\n").encode())
+    return status
 
 
 def progress_bar(epoch: int, cfg: Config, main: bool) -> Progress:
@@ -466,14 +499,35 @@ def finish_job(job: Job, last: dict[str, float]) -> dict[str, float]:
 def train(cfg: Config) -> dict[str, float]:
     """Run one job; return the final summary (best and last PSNR-Y, bicubic PSNR-Y)."""
     job = start_job(cfg)
-    acc, model, state, stopper, loader = job.accelerator, job.model, job.state, job.stopper, job.train_loader
+    if job.accelerator.num_processes == 1:  # a signal is answered at once, not at the end of a step
+        fork = job.accelerator.device.type == "cpu"  # a forked child cannot use CUDA
+        job.stopper.arm(lambda: save_to_resume(job), job.tracker.finish, fork)
+    try:
+        last = train_loop(job)
+    finally:
+        job.stopper.disarm()  # done or failed: the process ends as the command decides
+    return finish_job(job, last)
+
+
+def train_loop(job: Job) -> dict[str, float]:
+    """The epochs and their steps; returns the last validated epoch's metrics."""
+    cfg, acc, model, state, stopper, loader = (
+        job.cfg,
+        job.accelerator,
+        job.model,
+        job.state,
+        job.stopper,
+        job.train_loader,
+    )
     last: dict[str, float] = {}
     window = torch.zeros(2, device=acc.device, dtype=torch.float64)  # loss sum, patches of this step
+    pending = 0  # loader batches of the step in progress: part of the state once the step is
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if stopper.out_of_time():
             break
         model.train()
         job.clock0, epoch_began = time.perf_counter() - state.train_seconds, state.train_seconds - state.epoch_seconds
+        epoch_done = state.batches_done == len(loader)  # (a stop during validation saved the epoch's last step)
         with progress_bar(epoch, cfg, acc.is_main_process) as bar:
             task = bar.add_task("train", total=len(loader), completed=state.batches_done, loss=float("nan"))
             for batch in epoch_batches(loader, epoch, state.batches_done):
@@ -486,24 +540,28 @@ def train(cfg: Config) -> dict[str, float]:
                     window += torch.stack(
                         [loss.detach().double() * len(batch["lr"]), window.new_tensor(len(batch["lr"]))]
                     )
-                    state.batches_done += 1
+                    pending += 1
                     if not acc.sync_gradients:
                         continue
+                with stopper.updating():  # weights and state change together (see Stopper.arm)
+                    state.batches_done, pending = state.batches_done + pending, 0
                     step_loss = finish_step(job, window)
                     window.zero_()
-                state.epoch_seconds = state.train_seconds - epoch_began
-                epoch_done = state.batches_done == len(loader)
-                bar.update(task, completed=state.batches_done, loss=step_loss)
-                state.step_values = {"train/loss": step_loss, "train/lr": job.optimizer.param_groups[0]["lr"]}
-                job.tracker.log_step(state.step, state.step_values, commit=not (epoch_done or stopper.out_of_time()))
+                    state.epoch_seconds = state.train_seconds - epoch_began
+                    epoch_done = state.batches_done == len(loader)
+                    bar.update(task, completed=state.batches_done, loss=step_loss)
+                    state.step_values = {"train/loss": step_loss, "train/lr": job.optimizer.param_groups[0]["lr"]}
+                    job.tracker.log_step(
+                        state.step, state.step_values, commit=not (epoch_done or stopper.out_of_time())
+                    )
+                    if checkpoint_due(job) and not epoch_done and not stopper.stop_now() and not stopper.handing_over():
+                        save_last(job)
                 if stopper.stop_now():
                     break
-                if checkpoint_due(job) and not epoch_done:
-                    save_last(job)
         if stopper.agreed_signal and not epoch_done:
             stop_to_resume(job)
         validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs or stopper.out_of_time()
         last = end_epoch(job, epoch, validate) or last
         if stopper.agreed_signal and epoch != cfg.epochs:
             stop_to_resume(job)
-    return finish_job(job, last)
+    return last
