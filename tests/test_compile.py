@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, needs_data
 from safetensors.torch import load_file
 from test_train import eval_on_tiny_val, launch, metrics, tiny_job
 
 from srtrain.models import build_model
+
+pytestmark = needs_data  # every test trains on the Set5 crops of `photo_folder`
 
 
 def test_compiled_bf16_run_resumes_and_saves_plain_weights_that_eval_scores_as_logged(photo_folder, tmp_path):
