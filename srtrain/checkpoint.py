@@ -56,10 +56,23 @@ class TrainState:
     epoch_loss_sum: float = 0.0
     epoch_patches: int = 0
     epoch_seconds: float = 0.0
+    lowest_loss: float = math.inf  # the lowest step loss so far: a loss far above it means divergence
+    epoch_batches: int = 0  # loader batches per epoch (per process): a resume says when the data changed it
     # The metrics row of epoch `epoch` and its last step's W&B values, saved with it: a resume logs them if a kill
     # came before the metrics line.
     epoch_row: dict[str, float] = dataclasses.field(default_factory=dict)
     step_values: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def first_line(err: Exception) -> str:
+    """An error's reason in one line: copytree's list of (source, target, why) names its first file; torch's zip
+    writer's message its first line."""
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
+        source, _target, why = err.args[0][0]
+        more = f" and {len(err.args[0]) - 1} more" if len(err.args[0]) > 1 else ""
+        return f"{source}: {why}{more}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:
@@ -136,11 +149,11 @@ def save_checkpoint(
         )
         (tmp / "config.yaml").write_text(config_yaml)
         _write_manifest(tmp)
-    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
+    except (OSError, SafetensorError, RuntimeError) as err:  # safetensors and torch's zip writer: their own errors
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
-            f"could not write checkpoint {path} ({err}); the previous one, if any, is intact: free space on "
-            f"{path.parent} and resume with --resume=auto"
+            f"could not write checkpoint {path} ({first_line(err)}); the previous one, if any, is intact: free space "
+            f"on {path.parent} and resume with --resume=auto"
         ) from err
     _swap_in(tmp, path, keep_old=True)
 
@@ -156,7 +169,9 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
             fsync(f)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not copy {src} to {dst} ({err}); {dst} is unchanged: free space") from err
+        raise CheckpointError(
+            f"could not copy {src} to {dst} ({first_line(err)}); {dst} is unchanged: free space"
+        ) from err
     _swap_in(tmp, dst)
 
 

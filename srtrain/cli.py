@@ -60,7 +60,7 @@ def train_main(argv: list[str]) -> int:
     from srtrain.checkpoint import CheckpointError
     from srtrain.models.weights import WeightsError
     from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume
-    from srtrain.train import NonFiniteLossError, train
+    from srtrain.train import AlreadyFinished, NonFiniteLossError, train
 
     try:
         config_file, overrides = parse_overrides(argv)
@@ -69,6 +69,9 @@ def train_main(argv: list[str]) -> int:
         return _error(err)
     except (NonFiniteLossError, CheckpointError) as err:
         return _error(err, 1)
+    except AlreadyFinished as done:
+        Console().print(f"srtrain: {done}", highlight=False, soft_wrap=True)
+        return 0
     except StoppedToResume as stop:
         with contextlib.suppress(OSError):  # saved: a closed stderr must not turn the stop into a failure
             Console(stderr=True).print(f"[bold yellow]srtrain:[/] {stop}", highlight=False, soft_wrap=True)
@@ -116,6 +119,9 @@ def check_config_main(argv: list[str]) -> int:
         for key, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
             if problem := missing_source(spec):
                 raise ConfigError(f"{key}: {problem}")
+        from srtrain.train import checked_model
+
+        checked_model(cfg)  # every option the model cannot use, as training would find it
     except ConfigError as err:
         return _error(err)
     Console().print(f"configuration valid: {cfg.model.name} x{cfg.scale}, {cfg.epochs} epochs", highlight=False)

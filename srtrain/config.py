@@ -362,6 +362,7 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.checkpoint_every_min >= 0, f"checkpoint_every_min must be >= 0 (0 = off), got {cfg.checkpoint_every_min}"),
         (cfg.nan_max_skips >= 1, f"nan_max_skips must be >= 1, got {cfg.nan_max_skips}"),
+        (0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (torch and numpy seeds), got {cfg.seed}"),
         (
             cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
             f"resume must be '', 'auto' or an existing checkpoint directory, got '{cfg.resume}'",

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -155,12 +156,25 @@ class RunDir:
     skipped: list[str]
     lock: IO[str] | None = None
     wandb_run_id: str = ""  # a run started over: the W&B run of its attempt that died before its first checkpoint
+    made: tuple[str, ...] = ()  # what this job created here ("" for the directory itself): `discard` removes it
+
+    def discard(self) -> None:
+        """After a failed start (this process claimed the directory, nothing trained): remove what this job created
+        here. Nothing in it could be resumed, and it would block the corrected command ("holds another run")."""
+        if self.lock is None or self.ckpt is not None or (self.path / "checkpoints").exists():
+            return
+        for name in ("",) if "" in self.made else self.made:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
 
 
 def _claim(out_dir: Path, continues: bool) -> IO[str]:
     """Lock `out_dir` for this run's life; refuse a directory that holds another run, unless this job continues
     it (or starts it over: `starts_over`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # (`open_run` noted whether it existed)
     lock = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the run's life, closed by the OS)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -184,12 +198,46 @@ def _claim(out_dir: Path, continues: bool) -> IO[str]:
     return lock
 
 
+def trained_in(out_dir: Path) -> list[str]:
+    """The traces of training in a run directory: complete checkpoints, metrics rows, sample grids."""
+    checkpoints = out_dir / "checkpoints"
+    found = [
+        f"checkpoints/{p.name}" for p in sorted(checkpoints.glob("*")) if is_checkpoint(p) and not checkpoint_problem(p)
+    ]
+    if (out_dir / "metrics.jsonl").is_file() and (out_dir / "metrics.jsonl").stat().st_size:
+        found.append("metrics.jsonl")
+    if any((out_dir / "samples").glob("*.png")):
+        found.append("samples/")
+    return found
+
+
+def _ways_on(out_dir: Path) -> str:
+    """How to go on from a run directory that lost `last` and `last.old`: its complete `best` or `last.tmp`."""
+    ways = []
+    best, tmp = out_dir / "checkpoints" / "best", out_dir / "checkpoints" / "last.tmp"
+    if is_checkpoint(best) and not checkpoint_problem(best):
+        state = read_state(best)
+        ways.append(
+            f"continue from its best (epoch {state.epoch}, step {state.step}) with --resume={best} "
+            f"--output_dir={out_dir}"
+        )
+    if is_checkpoint(tmp) and not checkpoint_problem(tmp):
+        ways.append(f"from its complete last.tmp (step {read_state(tmp).step}): rename it to last, then --resume=auto")
+    ways.append("start a new run with another --output_dir")
+    return "Either " + "; or ".join(ways)
+
+
 def starts_over(cfg: Config, out_dir: Path) -> bool:
     """`--resume=auto` of a run that stopped before its first checkpoint (a kill or a preemption early in epoch 1):
     nothing to continue, so the same job starts over in its directory; a changed configuration is refused."""
     saved = out_dir / "config.yaml"
     if cfg.resume != "auto" or not saved.is_file():
         return False
+    if progress := trained_in(out_dir):
+        raise ConfigError(
+            f"resume: {out_dir} has no checkpoints/last or last.old to continue from, but it trained "
+            f"({', '.join(progress)}): starting it over there would overwrite that. {_ways_on(out_dir)}"
+        )
     changed = config_differences(yaml.safe_load(saved.read_text()), cfg.to_dict())
     if changed:
         raise ConfigError(
@@ -206,10 +254,11 @@ def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     continues = ckpt is not None and ckpt.parent.resolve() == (out_dir / "checkpoints").resolve()
     if ckpt is not None:
         check_resumable(cfg, ckpt, global_batch)
-    error, lock, earlier_id = [""], None, ""
+    error, lock, earlier_id, made = [""], None, "", ()
     if main:
         try:
             again = ckpt is None and starts_over(cfg, out_dir)
+            made = ("",) if not out_dir.exists() else tuple(n for n in RUN_FILES if not (out_dir / n).exists())
             lock = _claim(out_dir, continues or again)
             if again:
                 console.print(f"[bold yellow]note:[/] {out_dir} has no checkpoint yet: the run starts over there")
@@ -219,7 +268,7 @@ def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     broadcast_object_list(error)
     if error[0]:
         raise ConfigError(error[0])
-    return RunDir(out_dir, ckpt, continues, skipped, lock, earlier_id)
+    return RunDir(out_dir, ckpt, continues, skipped, lock, earlier_id, made)
 
 
 def _only_wandb_run(out_dir: Path) -> str:

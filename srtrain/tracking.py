@@ -26,6 +26,7 @@ from srtrain.faults import inject
 from srtrain.files import write_atomically
 from srtrain.visual import stack
 
+WANDB_INIT_TIMEOUT_S = 30  # the wait for a W&B server at the start (W&B's own default: 90 s); $WANDB_INIT_TIMEOUT wins
 WANDB_FLUSH_S = 1.0  # seconds between writes of W&B's run file; all of it is written at the end or on a stop
 console = Console(soft_wrap=True)  # long lines stay whole in logs; tables still fit the width
 TABLE_COLUMNS = [
@@ -101,8 +102,10 @@ class Tracker:
 
             # W&B writes its `.wandb` file every 15 s by default: a SIGKILL loses what came since (a resume restores the
             # epoch rows: rundir.wandb_epochs); 1 s keeps the per-step loss points of all but the last second.
-            settings = wandb.Settings(x_transaction_log_flush_interval=WANDB_FLUSH_S)
-            init = {"dir": str(out_dir), "id": run_id, "resume": "allow", "settings": settings}
+            settings = {"x_transaction_log_flush_interval": WANDB_FLUSH_S}
+            if "WANDB_INIT_TIMEOUT" not in os.environ:  # W&B's own default waits 90 s for an unreachable server
+                settings["init_timeout"] = WANDB_INIT_TIMEOUT_S
+            init = {"dir": str(out_dir), "id": run_id, "resume": "allow", "settings": wandb.Settings(**settings)}
             if cfg.wandb.name:
                 init["name"] = cfg.wandb.name
             if cfg.wandb.entity:
@@ -111,9 +114,29 @@ class Tracker:
                 init["group"] = cfg.wandb.group
             project = os.environ.get("WANDB_PROJECT") if os.environ.get("WANDB_SWEEP_ID") else None
             project = project or cfg.wandb.project  # an agent's runs belong to its sweep's project
-            accelerator.init_trackers(project, config=cfg.to_dict(), init_kwargs={"wandb": init})
-            self.run = accelerator.get_tracker("wandb", unwrap=True)
-            console.print(f"W&B run {run_id} ({self.mode}), files in {out_dir / 'wandb'}")
+            self._start(project, cfg, init)
+            if self.use_wandb:
+                console.print(f"W&B run {run_id} ({self.mode}), files in {out_dir / 'wandb'}")
+
+    def _start(self, project: str, cfg: Config, init: dict[str, Any]) -> None:
+        """Start the W&B run. W&B failing never stops training, from this first call on: a server that does not
+        answer within the timeout leaves the run offline (`wandb sync` uploads it later), and a W&B that cannot
+        start at all leaves metrics.jsonl and samples/ alone."""
+        for mode in dict.fromkeys((self.mode, "offline")):
+            try:
+                os.environ["WANDB_MODE"] = mode
+                self.accelerator.init_trackers(project, config=cfg.to_dict(), init_kwargs={"wandb": init})
+                self.run, self.mode = self.accelerator.get_tracker("wandb", unwrap=True), mode
+                return
+            except Exception as err:
+                abandon_wandb()
+                self.accelerator.trackers.clear()  # the failed one stays listed, and would start again with the next
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                then = "running offline, `wandb sync` uploads it later" if mode != "offline" else "no W&B for this run"
+                console.print(
+                    f"[bold yellow]warning:[/] W&B could not start {mode} ({reason}); {then}", highlight=False
+                )
+        self.use_wandb = False
 
     def _to_wandb(self, send: Callable[[], Any]) -> None:
         """Send to W&B unless it failed before. W&B failing never stops training: SLURM's scancel or requeue

@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -19,7 +20,17 @@ from accelerate.utils import broadcast_object_list, set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from srtrain.checkpoint import CheckpointError, TrainState, copy_checkpoint, load_checkpoint, save_checkpoint
+from srtrain.checkpoint import (
+    CheckpointError,
+    TrainState,
+    checkpoint_problem,
+    copy_checkpoint,
+    first_line,
+    is_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from srtrain.config import Config, ConfigError
 from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images, training_pair
 from srtrain.evaluation import evaluate
@@ -35,7 +46,46 @@ from srtrain.visual import sample_grid
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training diverged: raised at the first NaN/inf loss, before more compute is wasted."""
+    """Training diverged: raised at the first NaN/inf loss, or a loss DIVERGED_FACTOR times its lowest, before more
+    compute is wasted (and before such a model is validated, let alone kept as `best`)."""
+
+
+class AlreadyFinished(Exception):
+    """A resume of a run that trained all its epochs (or its time budget): nothing to do, status 0."""
+
+
+DIVERGED_FACTOR = 100.0  # a step's loss this many times the run's lowest: diverged (docs/faults.md)
+
+
+def checked_model(cfg: Config) -> torch.nn.Module:
+    """The job's model, built and run once on a tiny LR patch: an option it cannot use (`channels=0`, a head count
+    that does not divide the width...) fails here, as a configuration error, before data or a run directory."""
+    negative = [f"model.{k}={v}" for k, v in cfg.model.args.items() if isinstance(v, int | float) and v < 0]
+    if negative:  # sizes, counts, factors: a negative one builds an empty or mirrored part instead of failing
+        raise ConfigError(f"model '{cfg.model.name}': {', '.join(negative)} must be >= 0")
+    try:
+        with warnings.catch_warnings():  # torch warns of zero-size weights (channels=0) before they fail below
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
+        side = cfg.patch_size // cfg.scale
+        with torch.no_grad():
+            sr = model.eval()(
+                torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+            )  # not the seed's RNG
+        if sr.shape != (1, 3, side * cfg.scale, side * cfg.scale):
+            raise ValueError(f"it returns {tuple(sr.shape)} for a {side}x{side} input at x{cfg.scale}")
+    except ConfigError:
+        raise
+    except Exception as err:  # each model's constructor and forward raise their own types
+        options = ", ".join(f"model.{k}={v!r}" for k, v in cfg.model.args.items()) or "its default options"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model '{cfg.model.name}' x{cfg.scale} does not work with {options} ({reason}); fix those values "
+            "(docs/models.md lists each model's options)"
+        ) from None
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
+    return model.train()
 
 
 LAUNCH_HELP = (
@@ -184,8 +234,10 @@ def on_main(accelerator: Accelerator, write: Callable[[], None]) -> None:
     if accelerator.is_main_process:
         try:
             write()
-        except (CheckpointError, OSError) as err:
+        except CheckpointError as err:
             error = [str(err)]
+        except OSError as err:  # metrics.jsonl, a sample grid: the checkpoint before them is complete
+            error = [f"could not write {first_line(err)}; free space and resume with --resume=auto"]
     broadcast_object_list(error)
     if error[0]:
         raise CheckpointError(error[0])
@@ -231,15 +283,19 @@ def finish_step(job: Job, window: torch.Tensor) -> float:
     if not math.isfinite(loss):
         job.nan_skips += 1
         if cfg.nan_policy == "stop" or job.nan_skips > cfg.nan_max_skips:
+            in_a_row = f", {job.nan_skips} steps in a row" if cfg.nan_policy == "skip" else ""
             raise NonFiniteLossError(
-                f"loss became {loss} at step {state.step} (epoch {state.epoch + 1})"
-                + (f", {job.nan_skips} steps in a row" if cfg.nan_policy == "skip" else "")
-                + f": lower --lr (now {cfg.lr}), set --grad_clip, or use --mixed_precision=no; the last good "
-                f"checkpoint is in {job.run.path / 'checkpoints'} (--resume=auto continues from it)"
+                f"loss became {loss} at step {state.step} (epoch {state.epoch + 1}){in_a_row}: {fixes(job)}"
             )
         job.optimizer.zero_grad(set_to_none=True)
         return loss
-    job.nan_skips = 0
+    if loss > DIVERGED_FACTOR * state.lowest_loss:
+        raise NonFiniteLossError(
+            f"training diverged at step {state.step} (epoch {state.epoch + 1}): the loss is {loss:.4g}, "
+            f"{loss / state.lowest_loss:,.0f} times its lowest ({state.lowest_loss:.4g}), likely a learning rate too "
+            f"high: {fixes(job)}"
+        )
+    job.nan_skips, state.lowest_loss = 0, min(state.lowest_loss, loss)
     if cfg.grad_clip:
         acc.clip_grad_norm_(job.model.parameters(), cfg.grad_clip)
     progress = stopper.progress_of_budget() if stopper.budget_s else state.step / job.total_steps
@@ -249,6 +305,22 @@ def finish_step(job: Job, window: torch.Tensor) -> float:
     job.optimizer.zero_grad(set_to_none=True)
     state.epoch_loss_sum, state.epoch_patches = state.epoch_loss_sum + loss_sum, state.epoch_patches + int(patches)
     return loss
+
+
+def fixes(job: Job) -> str:
+    """What to change after a diverged step, and where the last good checkpoint is."""
+    cfg, last = job.cfg, job.run.path / "checkpoints" / "last"
+    changes = [
+        f"lower --lr (now {cfg.lr})",
+        f"lower --grad_clip (now {cfg.grad_clip})" if cfg.grad_clip else "set --grad_clip",
+    ]
+    if cfg.mixed_precision != "no":
+        changes.append("use --mixed_precision=no")
+    if is_checkpoint(last) and not checkpoint_problem(last):
+        where = f"the last good checkpoint is {last} (step {read_state(last).step}; --resume=auto continues from it)"
+    else:
+        where = f"no checkpoint was written yet: remove {job.run.path} or pick another --output_dir to run again"
+    return f"{', '.join(changes[:-1])} or {changes[-1]}; {where}"
 
 
 def save_last(job: Job) -> None:
@@ -383,13 +455,31 @@ def start_job(cfg: Config) -> Job:
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
-    model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
+    model = checked_model(cfg)
     train_loader = make_train_loader(cfg, accelerator)
     val_images = checked(load_images(cfg.data, "val"), cfg, 8 * cfg.scale, "remove it from the validation set", main)
     # the model and the data passed their checks: only now is a run directory made (a failed start leaves none)
     run = open_run(cfg, main, global_batch)
+    try:
+        return claimed_job(cfg, accelerator, stopper, model, train_loader, val_images, run, global_batch)
+    except BaseException:
+        run.discard()
+        raise
+
+
+def claimed_job(
+    cfg: Config,
+    accelerator: Accelerator,
+    stopper: Stopper,
+    model: torch.nn.Module,
+    train_loader: DataLoader | StreamLoader,
+    val_images: ImageSet,
+    run: RunDir,
+    global_batch: int,
+) -> Job:
+    """The rest of the start, in the claimed run directory: weights, optimizer, the checkpoint resumed, the tracker
+    and the bicubic baseline."""
+    main = accelerator.is_main_process
     if cfg.init_from and run.ckpt is None:
         load_model_weights(model, Path(cfg.init_from))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -424,6 +514,19 @@ def start_job(cfg: Config) -> Job:
         lost_rows = repair_after_kill(run, state, wandb_mode(cfg) != "disabled")
     elif main:
         write_text_atomically(run.path / "config.yaml", config_yaml)
+    done = [run.continues and finished(cfg, state) and not lost_rows]  # (W&B rows to restore: a segment for them)
+    broadcast_object_list(done)
+    if done[0]:
+        raise AlreadyFinished(
+            f"{run.path} already finished (epoch {state.epoch} of {cfg.epochs}, best PSNR-Y {state.best_psnr_y:.2f} "
+            f"dB at epoch {state.best_epoch}); nothing to train: raise --epochs or --time_budget_min to train on"
+        )
+    if main and run.ckpt is not None and state.epoch_batches not in (0, len(train_loader)):
+        console.print(
+            f"[bold yellow]note:[/] the training data now makes {len(train_loader)} batches per epoch where the "
+            f"checkpoint's run had {state.epoch_batches}: epochs and the learning-rate schedule change from here"
+        )
+    state.epoch_batches = len(train_loader)
     tracker = Tracker(accelerator, cfg, run.path, state.wandb_run_id)
     tracker.restore_epochs(lost_rows, state.step, state.step_values)
     stopper.update(False, state.train_seconds)
@@ -454,6 +557,12 @@ def start_job(cfg: Config) -> Job:
     if main:
         announce(job, len(val_images))
     return job
+
+
+def finished(cfg: Config, state: TrainState) -> bool:
+    """At an epoch's end (validated) with every epoch trained, or the time budget spent."""
+    budget_spent = bool(cfg.time_budget_min) and state.train_seconds >= 60 * cfg.time_budget_min
+    return not state.batches_done and (state.epoch >= cfg.epochs or budget_spent)
 
 
 def announce(job: Job, val_count: int) -> None:

@@ -118,6 +118,30 @@ def test_check_config_validates_without_training(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["--seed=-1"],
+        ["--model.channels=0"],
+        ["--model=edsr", "--model.n_blocks=-2"],
+        ["--model=swinir", "--model.heads=7"],
+        ["--model=rcan", "--model.reduction=0"],
+        ["--model=imdn", "--model.channels=5"],
+    ],
+    ids=lambda v: " ".join(v),
+)
+def test_values_no_model_or_trainer_can_use_fail_the_checks(values, tmp_path):
+    """check-config (what the SLURM scripts run first) refuses them as training would, with status 2 and one line,
+    and training refuses them before it makes a run directory or a W&B run."""
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    checked = run([sys.executable, "-m", "srtrain", "check-config", *values])
+    assert checked.returncode == 2 and len(checked.stderr.strip().splitlines()) == 1, checked.stderr
+    assert checked.stderr.startswith("error: ") and "configuration valid" not in checked.stdout
+    trained = run([sys.executable, "-m", "srtrain", *values, f"--output_dir={tmp_path / 'run'}"])
+    assert trained.returncode == 2 and trained.stderr == checked.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "wandb").exists()
+
+
 @pytest.mark.parametrize("job", sorted((ROOT / "jobs").glob("**/*.yaml")), ids=lambda p: p.name)
 def test_every_job_file_is_valid(job):
     load_config(job)

@@ -20,7 +20,7 @@ from pathlib import Path
 import accelerate
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch, needs_data
+from conftest import ROOT, accelerate_launch, free_port, needs_data
 from packaging.version import Version
 from safetensors.torch import load_file
 from test_train import metrics, tiny_job, wandb_history
@@ -356,6 +356,69 @@ def test_second_sigint_exits_at_once():
     assert proc.returncode == 130 and proc.stdout.strip() == "SIGINT"
 
 
+def test_resume_auto_never_starts_a_trained_run_over(photo_folder, tmp_path):
+    """`checkpoints/last` and `last.old` gone (a clean-up), but the run trained (`best`, metrics rows, samples):
+    `--resume=auto` must not start it over on top of that. It is refused by name, with the way on from `best`,
+    which then continues the run in its directory."""
+    out = tmp_path / "run"
+    assert srtrain(job(photo_folder, out, "--epochs=1"), tmp_path, wandb="disabled").returncode == 0
+    for name in ("last", "last.old"):
+        shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)
+    before = (out / "metrics.jsonl").read_text()
+    proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path, wandb="disabled")
+    best = out / "checkpoints" / "best"
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "it trained (checkpoints/best, metrics.jsonl, samples/)" in proc.stderr
+    assert f"--resume={best} --output_dir={out}" in proc.stderr
+    assert (out / "metrics.jsonl").read_text() == before and read_state(best).epoch == 1
+    proc = srtrain(job(photo_folder, out, f"--resume={best}"), tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["epoch"] for r in metrics(out)] == [1, 2] and read_state(out / "checkpoints" / "last").epoch == 2
+
+
+def test_resuming_a_finished_run_says_so_and_adds_no_wandb_segment(reference, tmp_path, photo_folder):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    segments = sorted((out / "wandb").glob("offline-run-*"))
+    proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"srtrain: {out} already finished (epoch 2 of 2" in proc.stdout and "raise --epochs" in proc.stdout
+    assert sorted((out / "wandb").glob("offline-run-*")) == segments
+
+
+def test_a_resume_with_another_data_size_says_the_schedule_changes(photo_folder, tmp_path):
+    """data.train may change on a resume (docs/faults.md); when the epoch's length changes with it, so does the
+    learning-rate schedule: one line says so."""
+    out, more = tmp_path / "run", tmp_path / "more"
+    shutil.copytree(photo_folder, more)
+    for image in list(more.glob("*.png"))[:2]:
+        shutil.copy(image, more / f"copy_{image.name}")
+    assert srtrain(job(photo_folder, out), tmp_path, "kill:step:3", wandb="disabled").returncode == -signal.SIGKILL
+    proc = srtrain(job(more, out, "--resume=auto"), tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "note: the training data now makes 6 batches per epoch where the checkpoint's run had 4" in proc.stdout
+
+
+def test_an_unreachable_wandb_server_leaves_the_run_offline(photo_folder, tmp_path):
+    """WANDB_MODE=online and a server that does not answer: after a bounded wait (WANDB_INIT_TIMEOUT, 30 s unless
+    set) the run goes on offline with one warning, no traceback, and its W&B files hold every epoch."""
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "WANDB_MODE": "online",
+        "WANDB_BASE_URL": f"http://127.0.0.1:{free_port()}",  # nobody listens there
+        "WANDB_API_KEY": "x" * 40,
+        "WANDB_INIT_TIMEOUT": "3",
+    }
+    cmd = [sys.executable, "-m", "srtrain", *job(photo_folder, out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: W&B could not start online" in proc.stdout and "running offline" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    (segment,) = (out / "wandb").glob("offline-run-*")
+    assert sorted(h["epoch"] for h in wandb_history(segment) if "psnr_y" in h) == [1, 2]
+
+
 def test_damaged_last_checkpoint_falls_back_to_the_previous(reference, photo_folder, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
@@ -418,10 +481,12 @@ def small_disk(path: Path):
             subprocess.run(["umount", str(path)], check=True)
 
 
-def test_full_disk_keeps_the_previous_checkpoint(photo_folder, tmp_path):
-    """The disk fills while the job is paused; its stop checkpoint fails: a clear error, the previous checkpoint
-    intact and resumable once space is freed. Without permission to mount, the write fails at the same place
-    through the fault hook's ENOSPC."""
+@pytest.mark.parametrize("room", [0, 200 * 1024], ids=["weights", "optimizer_state"])
+def test_full_disk_keeps_the_previous_checkpoint(photo_folder, tmp_path, room):
+    """The disk fills while the job is paused (all of it, or all but room for the weights file, so that torch's zip
+    writer of the optimizer state is the one to fail: a RuntimeError, not an OSError); its stop checkpoint fails:
+    one line, no traceback, no partial `last.tmp` left, the previous checkpoint intact and resumable once space is
+    freed. Without permission to mount, the write fails at the same place through the fault hook's ENOSPC."""
     with small_disk(tmp_path / "disk") as disk:
         out = (disk or tmp_path) / "run"
         if disk is None:
@@ -430,13 +495,14 @@ def test_full_disk_keeps_the_previous_checkpoint(photo_folder, tmp_path):
             trainer = paused_srtrain(job(photo_folder, out), tmp_path, "pause:step:3", "disabled")
             stat = os.statvfs(disk)
             with open(disk / "filler", "wb") as f, contextlib.suppress(OSError):
-                f.write(b"\0" * (stat.f_bavail * stat.f_frsize))
+                f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - room))
             trainer.send_signal(signal.SIGTERM)
             stdout, stderr = trainer.communicate(timeout=120)
             proc = subprocess.CompletedProcess(trainer.args, trainer.returncode, stdout, stderr)
             (disk / "filler").unlink()
         assert proc.returncode == 1, proc.stderr[-3000:]
         assert "could not write checkpoint" in proc.stderr and "intact" in proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
         assert checkpoint_problem(out / "checkpoints" / "last") == ""
         assert read_state(out / "checkpoints" / "last").step == 2
         assert not (out / "checkpoints" / "last.tmp").exists()

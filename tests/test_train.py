@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import PIL.Image
@@ -167,6 +169,21 @@ def test_nan_loss_stops_with_a_clear_error(photo_folder, tmp_path):
     )
     assert proc.returncode != 0
     assert "lower --lr" in proc.stderr + proc.stdout
+    assert "--mixed_precision=no" not in proc.stderr  # already so: nothing to suggest
+
+
+def test_a_run_that_diverges_with_a_finite_loss_stops_before_it_is_kept(photo_folder, tmp_path):
+    """L1 with lr 1e3: the loss grows by orders of magnitude but stays finite. The run stops at once, status 1, one
+    line naming the step, the cause and the fix; no such model is validated or kept as `best`."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "srtrain", *tiny_job(photo_folder, out, "--epochs=2", "--lr=1e3")]
+    env = {**os.environ, "WANDB_MODE": "disabled"}  # (W&B's own lines go to stderr too)
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.fullmatch(r"error: training diverged at step 2 \(epoch 1\): the loss is .* times its lowest .*", line)
+    assert "lower --lr (now 1000.0) or set --grad_clip; no checkpoint was written yet" in line
+    assert not (out / "checkpoints" / "best").exists() and not (out / "metrics.jsonl").exists()
 
 
 def test_fp16_on_cpu_is_refused():
