@@ -101,7 +101,8 @@ class Stopper:
 
     def __init__(self, budget_s: float) -> None:
         self.budget_s, self.train_seconds = budget_s, 0.0
-        self.signal_name = ""  # set by the handler on this rank
+        self.signal_name = ""  # set by the handler on this rank (the main thread, once it runs Python again)
+        self.heard = ""  # set by the watcher (`arm`) at once
         self.agreed_signal = False  # set by `update` on every rank at once
         self.armed = False  # a watcher thread stops this process (one process only)
         self._lock = threading.Lock()  # held by the loop while it changes the state, by the watcher for good
@@ -139,8 +140,10 @@ class Stopper:
         return _Updating(self)
 
     def _watch(self, save: Callable[[], int], finish: Callable[[], None], fork: bool) -> None:
-        while not self.signal_name and os.read(self._wake_r, 1)[0] not in STOP_SIGNALS:
-            pass  # (a signal before `arm` set the name but wrote no byte)
+        while not self.signal_name:  # (a signal before `arm` set the name but wrote no byte)
+            if (signum := os.read(self._wake_r, 1)[0]) in STOP_SIGNALS:
+                self.heard = signal.Signals(signum).name
+                break
         self._lock.acquire()  # released never: the loop's next update waits here until the process exits
         if not self.armed:
             self._lock.release()
@@ -152,7 +155,6 @@ class Stopper:
                 os.read(self._wake_r, 4096)  # the signals heard so far: wait for a later one
             select.select([self._wake_r], [], [], LAUNCHER_GRACE_S)  # see LAUNCHER_GRACE_S
             if fork and (pid := os.fork()) == 0:
-                status = 1
                 try:
                     status = save()
                 finally:
@@ -167,6 +169,10 @@ class Stopper:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
+
+    def cause(self) -> str:
+        """The signal that stopped this process ('' for a stop agreed because another rank heard one)."""
+        return self.signal_name or self.heard
 
     def handing_over(self) -> bool:
         """Signalled with a watcher armed: it saves this state, the loop must not write a checkpoint of its own."""
@@ -193,7 +199,7 @@ class Stopper:
         """Tell a batch script, which sees only the launcher's exit code, that this stop is resumable. The stop
         came in epoch `epochs_done + 1` (as the stop's message says)."""
         record = {
-            "signal": self.signal_name or "peer",
+            "signal": self.cause() or "peer",
             "step": step,
             "epochs_done": epochs_done,
             "exit_code": EXIT_RESUMABLE,

@@ -396,10 +396,10 @@ def close_epoch(job: Job, epoch: int, row: dict[str, float]) -> dict[str, float]
 
 def stop_message(job: Job) -> str:
     state = job.state
+    saved = f"checkpoint {job.run.path / 'checkpoints' / 'last'}" if state.step else "nothing trained yet"
     return (
-        f"stopped by {job.stopper.signal_name or 'a signal to another process'} at step {state.step} (epoch "
-        f"{state.epoch + 1}, batch {state.batches_done}); checkpoint {job.run.path / 'checkpoints' / 'last'}; "
-        "continue with --resume=auto"
+        f"stopped by {job.stopper.cause() or 'a signal to another process'} at step {state.step} (epoch "
+        f"{state.epoch + 1}, batch {state.batches_done}); {saved}; continue with --resume=auto"
     )
 
 
