@@ -64,6 +64,14 @@ class TrainState:
     step_values: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def remove(path: Path) -> None:
+    """Remove a leftover temporary folder, or a file someone left where one goes."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def first_line(err: Exception) -> str:
     """An error's reason in one line: copytree's list of (source, target, why) names its first file; torch's zip
     writer's message its first line."""
@@ -108,6 +116,11 @@ def checkpoint_problem(path: Path) -> str:
         files = json.loads((path / MANIFEST_FILE).read_text())
     except json.JSONDecodeError:
         return f"{path / MANIFEST_FILE} is not valid JSON"
+    entry = {"bytes": int, "sha256": str}
+    if not isinstance(files, dict) or not all(
+        isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in entry.items()) for e in files.values()
+    ):
+        return f"{path / MANIFEST_FILE} is not a manifest (file names, each with its bytes and sha256)"
     for name, expected in files.items():
         f = path / name
         if not f.is_file():
@@ -134,8 +147,7 @@ def save_checkpoint(
         raise CheckpointError(f"not saving {path}: weights {bad[:3]} hold NaN/inf; the previous checkpoint is kept")
     tmp = path.with_name(path.name + ".tmp")
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove(tmp)
         tmp.mkdir(parents=True)
         save_file(weights, str(tmp / MODEL_FILE), metadata={"epoch": str(state.epoch)})
         inject("checkpoint", state.step, True)
@@ -162,8 +174,7 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     """Atomically make `dst` a copy of checkpoint `src` (e.g. `last` becoming `best`)."""
     tmp = dst.with_name(dst.name + ".tmp")
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove(tmp)
         shutil.copytree(src, tmp)
         for f in tmp.iterdir():  # on the disk before the swap, as a saved checkpoint's files are
             fsync(f)

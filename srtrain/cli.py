@@ -44,6 +44,11 @@ def _error(err: Exception | str, status: int = 2) -> int:
     return status
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """A file where `folder` or one of its parents should be a folder (checked before any work is done)."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def wants_help(argv: list[str]) -> bool:
     """`-h`/`--help` anywhere among a command's --key=value arguments, which `parse_overrides` would take for a key."""
     return any(a in ("-h", "--help") for a in argv)
@@ -214,6 +219,8 @@ def eval_main(argv: list[str]) -> int:
             raise ConfigError("--mixed-precision fp16 needs a GPU; on CPU use --mixed-precision bf16 or no")
         if args.json and args.json.exists() and not args.force:
             raise ConfigError(f"{args.json} already exists; pass --force to overwrite it or choose another --json")
+        if args.json and (blocker := file_in_the_way(args.json.parent)):
+            raise ConfigError(f"--json {args.json}: {blocker} is a file, not a folder; choose another --json")
         model, scale = load_model(args)
         accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
         # Evaluation needs the device and, with --mixed-precision, autocast; not `prepare_model`, whose check for
@@ -238,8 +245,11 @@ def eval_main(argv: list[str]) -> int:
         table.add_row(r["dataset"], f"x{r['scale']}", *figures, str(r["n_images"]), f"{r['seconds']:.1f}")
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs keep every column readable
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(args.json, json.dumps({"results": results}, indent=2))
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(args.json, json.dumps({"results": results}, indent=2))
+        except OSError as err:
+            return _error(f"could not write {args.json} ({err.strerror}); the table above has the results", 1)
     return 0
 
 
@@ -368,9 +378,11 @@ def report_main(argv: list[str]) -> int:
     from srtrain.report import ReportError, build_report, log_leaderboard, online_project, read_run
 
     try:
+        if blocker := file_in_the_way(args.output):
+            raise ConfigError(f"-o {args.output}: {blocker} is a file, not a folder; choose another -o")
         runs = [read_run(path) for path in args.runs]
         report = build_report(runs, args.output, args.images, args.force)
-    except (ReportError, DataError, ValueError) as err:
+    except (ReportError, DataError, ValueError, ConfigError) as err:
         return _error(err)
     Console().print(f"report: {report}")
     project = args.wandb_project or online_project(runs)

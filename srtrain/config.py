@@ -364,6 +364,10 @@ def validate(cfg: Config) -> None:
         (cfg.nan_max_skips >= 1, f"nan_max_skips must be >= 1, got {cfg.nan_max_skips}"),
         (0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (torch and numpy seeds), got {cfg.seed}"),
         (
+            not cfg.output_dir or not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(),
+            f"output_dir '{cfg.output_dir}' is a file; pick a directory",
+        ),
+        (
             cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
             f"resume must be '', 'auto' or an existing checkpoint directory, got '{cfg.resume}'",
         ),

@@ -3,6 +3,7 @@ failed write leaves the previous version in place."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -35,6 +36,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         fsync(tmp)
         os.replace(tmp, path)
+    except OSError as err:  # named after the file people know (a writer may not say which file failed)
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -42,3 +46,22 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text_atomically(path: Path, text: str) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` and a newline, synced to disk. A failed append (a full disk) leaves the file as it was: never
+    half a line, which every later reader would trip over."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            data = memoryview((line + "\n").encode())
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise OSError(err.errno, err.strerror, str(path)) from err
+    finally:
+        os.close(fd)

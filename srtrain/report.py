@@ -8,7 +8,6 @@ together: a PSNR at x2 says nothing about one at x4.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import statistics
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from srtrain.evaluation import super_resolve
 from srtrain.files import write_atomically, write_text_atomically
 from srtrain.models.bicubic import Bicubic
 from srtrain.models.profile import trainable_parameters
+from srtrain.rundir import read_metrics
 from srtrain.visual import crop_comparison, crop_size, detailed_crop, stack
 
 REPORT = "report.md"
@@ -66,7 +66,7 @@ def read_run(path: Path) -> Run:
         if not file.is_file():
             raise ReportError(f"'{path}' is not a finished run directory: {file.name} is missing")
     config = yaml.safe_load(config_file.read_text())
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    rows, _damaged = read_metrics(metrics_file)  # a line cut off by a full disk: the whole rows still report
     epochs = [r for r in rows if "psnr_y" in r]
     if not epochs:
         raise ReportError(f"'{metrics_file}' holds no validation rows yet; report runs that validated at least once")

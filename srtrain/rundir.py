@@ -9,6 +9,7 @@ A run directory holds `config.yaml` (written once, by the run that created it), 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -173,9 +174,15 @@ class RunDir:
 
 def _claim(out_dir: Path, continues: bool) -> IO[str]:
     """Lock `out_dir` for this run's life; refuse a directory that holds another run, unless this job continues
-    it (or starts it over: `starts_over`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)  # (`open_run` noted whether it existed)
-    lock = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the run's life, closed by the OS)
+    it (or starts it over: `starts_over`), and one it cannot write in."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)  # (`open_run` noted whether it existed)
+        lock = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the run's life, closed by the OS)
+    except OSError as err:  # a file in the way, a read-only or full file system
+        raise ConfigError(
+            f"output_dir {out_dir}: cannot write there ({err.strerror}: {err.filename}); pick another --output_dir"
+            + (" or free space" if err.errno == errno.ENOSPC else "")
+        ) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -193,8 +200,9 @@ def _claim(out_dir: Path, continues: bool) -> IO[str]:
             )
     lock.seek(0)
     lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    with contextlib.suppress(OSError):  # the pid is for the message above; a full disk must not stop the claim
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
     return lock
 
 
@@ -278,6 +286,23 @@ def _only_wandb_run(out_dir: Path) -> str:
     return ids.pop() if len(ids) == 1 else ""
 
 
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of a `metrics.jsonl` and the numbers of its lines that are not whole rows (a write cut off by a
+    full disk or a kill): those are skipped, never fatal."""
+    rows, damaged = [], []
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        elif line.strip():
+            damaged.append(number)
+    return rows, damaged
+
+
 def repair_after_kill(run: RunDir, state: TrainState, use_wandb: bool) -> list[dict[str, Any]]:
     """Make the directory agree with the checkpoint resumed (main process): metrics.jsonl keeps each finished
     epoch once, and only those the checkpoint has (its own row is added when a kill came before its metrics line);
@@ -285,12 +310,17 @@ def repair_after_kill(run: RunDir, state: TrainState, use_wandb: bool) -> list[d
     the rows of metrics.jsonl (with their `step`) that none of the run's W&B segments holds: the caller logs them."""
     (run.path / STOPPED_FILE).unlink(missing_ok=True)
     metrics = run.path / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    rows, damaged = read_metrics(metrics)
+    if damaged:
+        console.print(
+            f"[bold yellow]warning:[/] {metrics}: line(s) {damaged} are not whole rows (a write cut off by a full disk "
+            "or a kill); rewritten without them (the checkpoint's own epoch row is kept)"
+        )
     kept = {r["epoch"]: r for r in reversed(rows) if r["epoch"] <= state.epoch}
     if state.epoch_row and state.epoch not in kept:
         kept[state.epoch] = {"epoch": state.epoch, "step": state.step, **state.epoch_row}
     lines = [json.dumps(kept[e]) + "\n" for e in sorted(kept)]
-    if lines != [json.dumps(r) + "\n" for r in rows]:
+    if damaged or lines != [json.dumps(r) + "\n" for r in rows]:
         write_text_atomically(metrics, "".join(lines))
     best = run.path / "checkpoints" / "best"
     best_epoch = read_state(best).epoch if not checkpoint_problem(best) else -1

@@ -21,9 +21,9 @@ from accelerate import Accelerator
 from rich.console import Console
 from rich.table import Table
 
-from srtrain.config import Config
+from srtrain.config import Config, ConfigError
 from srtrain.faults import inject
-from srtrain.files import write_atomically
+from srtrain.files import append_line, write_atomically
 from srtrain.visual import stack
 
 WANDB_INIT_TIMEOUT_S = 30  # the wait for a W&B server at the start (W&B's own default: 90 s); $WANDB_INIT_TIMEOUT wins
@@ -94,7 +94,12 @@ class Tracker:
         self.use_wandb = self.mode != "disabled"
         if not accelerator.is_main_process:
             return
-        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        try:
+            (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file named samples, a full disk
+            raise ConfigError(
+                f"{out_dir / 'samples'}: {err.strerror}; make it a writable folder (or free space)"
+            ) from None
         self.metrics_file = out_dir / "metrics.jsonl"
         if self.use_wandb:
             os.environ["WANDB_MODE"] = self.mode
@@ -167,10 +172,7 @@ class Tracker:
             return
         self._to_wandb(lambda: self.run.log({"epoch": epoch, **metrics}, step=step, commit=True))
         inject("after_log", epoch, True)
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps({"epoch": epoch, "step": step, **metrics}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.metrics_file, json.dumps({"epoch": epoch, "step": step, **metrics}))
         table = Table(title=f"epoch {epoch}")
         shown = [(title, key) for title, key in TABLE_COLUMNS if key in metrics]
         for title, _ in shown:

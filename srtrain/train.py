@@ -78,7 +78,7 @@ def checked_model(cfg: Config) -> torch.nn.Module:
         raise
     except Exception as err:  # each model's constructor and forward raise their own types
         options = ", ".join(f"model.{k}={v!r}" for k, v in cfg.model.args.items()) or "its default options"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = " ".join(str(err).split()) or type(err).__name__  # the whole reason, on one line
         raise ConfigError(
             f"model '{cfg.model.name}' x{cfg.scale} does not work with {options} ({reason}); fix those values "
             "(docs/models.md lists each model's options)"
@@ -130,7 +130,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
         # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which leaves all but one core
         # idle; share the cores among this node's processes instead (or take --cpu_threads as given).
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
+        cores = os.cpu_count() or 1
+        if cfg.cpu_threads > cores and accelerator.is_main_process:  # more threads than cores only slows down
+            console.print(f"[bold yellow]note:[/] cpu_threads={cfg.cpu_threads} capped to this machine's {cores} cores")
+        torch.set_num_threads(min(cfg.cpu_threads, cores) or max(1, cores // local_processes))
     return accelerator
 
 

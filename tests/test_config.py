@@ -127,6 +127,7 @@ def test_check_config_validates_without_training(tmp_path):
         ["--model=swinir", "--model.heads=7"],
         ["--model=rcan", "--model.reduction=0"],
         ["--model=imdn", "--model.channels=5"],
+        ["--model=swinir", "--model.window=100"],  # (its check forward took 24 GB before)
     ],
     ids=lambda v: " ".join(v),
 )
@@ -152,3 +153,12 @@ def test_default_job_file_matches_the_defaults():
     defaults = load_config()
     spelled_out.model.args = {}  # the file names the model's own defaults explicitly
     assert spelled_out == defaults
+
+
+def test_an_output_dir_that_is_a_file_fails_the_checks(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "srtrain", "check-config", f"--output_dir={tmp_path / 'taken'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "is a file; pick a directory" in proc.stderr

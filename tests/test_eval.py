@@ -70,6 +70,8 @@ def test_json_of_another_run_is_kept_unless_forced(tmp_path, capsys):
     assert main([*args, "--force"]) == 0
     assert json.loads(out.read_text())["results"][0]["n_images"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    assert main(["eval", *args[1:-1], str(out / "x.json")]) == 2  # a file where a folder should be: before scoring
+    assert f"{out} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_gray_convention_changes_only_gray_images(accelerator):

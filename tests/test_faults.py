@@ -439,6 +439,38 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous(reference, photo_fol
     assert "no complete checkpoint" in proc.stderr and "checksum" in proc.stderr and "manifest" in proc.stderr
 
 
+def test_a_cut_off_metrics_line_and_a_damaged_manifest_do_not_block_the_resume(reference, photo_folder, tmp_path):
+    """A full disk cut the last row of metrics.jsonl; the manifest of `last` is JSON of the wrong shape; a file
+    lies where `last.tmp` goes. The resume warns, drops the cut row (the checkpoint holds its epoch's row), falls
+    back to `last.old`, writes its checkpoints all the same, and continues."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    rows = out / "metrics.jsonl"
+    rows.write_text(rows.read_text()[:-40])  # epoch 2's row cut off
+    (out / "checkpoints" / "last" / "manifest.json").write_text("[]")
+    assert "is not a manifest" in checkpoint_problem(out / "checkpoints" / "last")
+    (out / "checkpoints" / "last.tmp").write_text("not a folder")
+    proc = srtrain(job(photo_folder, out, "--resume=auto", "--epochs=3"), tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "line(s) [2] are not whole rows" in proc.stdout and "damaged checkpoint passed over" in proc.stdout
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3] and read_state(out / "checkpoints" / "last").epoch == 3
+
+
+@pytest.mark.parametrize("damage", ["file_in_the_way", "lock_is_a_folder", "samples_is_a_file"])
+def test_a_run_directory_that_cannot_be_written_is_named_in_one_line(photo_folder, tmp_path, damage):
+    out = tmp_path / "run"
+    if damage == "file_in_the_way":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "run"
+    else:
+        out.mkdir()
+        (out / ".lock").mkdir() if damage == "lock_is_a_folder" else (out / "samples").write_text("x")
+    proc = srtrain(job(photo_folder, out), tmp_path, wandb="disabled")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and ("output_dir" in line or "samples" in line) and "Traceback" not in line
+
+
 def test_an_unreadable_wandb_segment_does_not_block_the_resume(tmp_path, capsys):
     """A resume asks W&B's reader which epochs a killed segment holds; a garbled `.wandb` file it cannot read
     means "log them again" (a warning), not a failed resume, and is read again next time (not cached)."""

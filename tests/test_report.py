@@ -113,4 +113,6 @@ def test_a_failed_report_leaves_nothing_that_blocks_its_retry(runs, tmp_path, ca
     assert main(["report", str(run), "-o", str(out), "--images", "1"]) == 2
     assert "moved" in capsys.readouterr().err and not [p for p in out.rglob("*") if p.is_file()]
     config.write_text(saved)
+    assert main(["report", str(run), "-o", str(config), "--images", "1"]) == 2  # -o names a file
+    assert f"{config} is a file, not a folder" in capsys.readouterr().err
     assert main(["report", str(run), "-o", str(out), "--images", "1"]) == 0

@@ -18,6 +18,7 @@ from srtrain.models.registry import register
 
 DROP_PATH_RATE = 0.1  # official default: stochastic depth rising linearly from 0 over all layers
 MASKED = -100.0  # the official additive mask value; finite, so bf16 softmax stays well defined
+MAX_WINDOW = 32  # the largest windows in the literature (HAT, SwinIR variants) are 16
 MASK_CACHE_SIZE = 4  # padded input sizes whose shift masks are kept (training uses one; eval images vary)
 
 
@@ -162,8 +163,10 @@ class SwinIR(nn.Module):
         super().__init__()
         if embed_dim % heads:
             raise ValueError(f"swinir: embed_dim {embed_dim} must be divisible by heads {heads}")
-        if window < 1:
-            raise ValueError(f"swinir: window must be at least 1, got {window}")
+        if not 1 <= window <= MAX_WINDOW:  # attention is over window^2 tokens: 100 takes tens of GB for any input
+            raise ValueError(f"swinir: window must be in [1, {MAX_WINDOW}] (the paper's is 8), got {window}")
+        if mlp_ratio <= 0:
+            raise ValueError(f"swinir: mlp_ratio must be > 0, got {mlp_ratio}")
         self.scale, self.window = scale, window
         self.register_buffer("mean", rgb_mean(), persistent=False)  # subtracted as in the official model
         self.conv_first = nn.Conv2d(3, embed_dim, 3, padding=1)

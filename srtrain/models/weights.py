@@ -26,6 +26,11 @@ class WeightsError(ValueError):
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint folder, a `.safetensors` file or a weights-only torch file."""
     file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file() and (path / "checkpoints").is_dir():
+        raise WeightsError(
+            f"'{path}' is a run directory: name one of its checkpoints, {path / 'checkpoints' / 'best'} or "
+            f"{path / 'checkpoints' / 'last'}"
+        )
     if not file.is_file():
         raise WeightsError(f"weights file '{file}' does not exist")
     try:
