@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from srtrain.faults import inject
-from srtrain.files import fsync, sha256
+from srtrain.files import first_line, fsync, sha256
 from srtrain.models import build_model, weights_free_options
 from srtrain.models.weights import MODEL_FILE, load_model_weights
 
@@ -70,17 +70,6 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def first_line(err: Exception) -> str:
-    """An error's reason in one line: copytree's list of (source, target, why) names its first file; torch's zip
-    writer's message its first line."""
-    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
-        source, _target, why = err.args[0][0]
-        more = f" and {len(err.args[0]) - 1} more" if len(err.args[0]) > 1 else ""
-        return f"{source}: {why}{more}"
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:

@@ -6,8 +6,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+
+def first_line(err: Exception) -> str:
+    """An error's reason in one line: copytree's list of (source, target, why) names its first file; torch's zip
+    writer's message its first line."""
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
+        source, _target, why = err.args[0][0]
+        more = f" and {len(err.args[0]) - 1} more" if len(err.args[0]) > 1 else ""
+        return f"{source}: {why}{more}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from srtrain.config import Config, ConfigError
 from srtrain.faults import inject
-from srtrain.files import append_line, write_atomically
+from srtrain.files import append_line, first_line, write_atomically
 from srtrain.visual import stack
 
 WANDB_INIT_TIMEOUT_S = 30  # the wait for a W&B server at the start (W&B's own default: 90 s); $WANDB_INIT_TIMEOUT wins
@@ -136,7 +136,7 @@ class Tracker:
             except Exception as err:
                 abandon_wandb()
                 self.accelerator.trackers.clear()  # the failed one stays listed, and would start again with the next
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                reason = first_line(err)
                 then = "running offline, `wandb sync` uploads it later" if mode != "offline" else "no W&B for this run"
                 console.print(
                     f"[bold yellow]warning:[/] W&B could not start {mode} ({reason}); {then}", highlight=False

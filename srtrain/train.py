@@ -25,7 +25,6 @@ from srtrain.checkpoint import (
     TrainState,
     checkpoint_problem,
     copy_checkpoint,
-    first_line,
     is_checkpoint,
     load_checkpoint,
     read_state,
@@ -35,7 +34,7 @@ from srtrain.config import Config, ConfigError
 from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images, training_pair
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
-from srtrain.files import write_text_atomically
+from srtrain.files import first_line, write_text_atomically
 from srtrain.models import build_model
 from srtrain.models.profile import trainable_parameters
 from srtrain.models.weights import load_model_weights
@@ -68,10 +67,9 @@ def checked_model(cfg: Config) -> torch.nn.Module:
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             model = build_model(cfg.model.name, cfg.scale, **cfg.model.args)
         side = cfg.patch_size // cfg.scale
+        probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))  # the seeded RNG untouched
         with torch.no_grad():
-            sr = model.eval()(
-                torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
-            )  # not the seed's RNG
+            sr = model.eval()(probe)
         if sr.shape != (1, 3, side * cfg.scale, side * cfg.scale):
             raise ValueError(f"it returns {tuple(sr.shape)} for a {side}x{side} input at x{cfg.scale}")
     except ConfigError:
@@ -147,7 +145,7 @@ def training_forward(model: torch.nn.Module, cfg: Config, accelerator: Accelerat
     try:
         torch.compile(lambda x: x + 1)(torch.zeros(1, device=accelerator.device))
     except Exception as err:  # inductor raises its own types, from dynamo, the C++ compiler or triton
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ConfigError(
             f"compile: true, but torch.compile fails on {accelerator.device} ({reason}): install a C++ compiler "
             "(apt-get install g++; on CUDA also triton) or set --compile=false"
@@ -623,14 +621,8 @@ def train(cfg: Config) -> dict[str, float]:
 
 def train_loop(job: Job) -> dict[str, float]:
     """The epochs and their steps; returns the last validated epoch's metrics."""
-    cfg, acc, model, state, stopper, loader = (
-        job.cfg,
-        job.accelerator,
-        job.model,
-        job.state,
-        job.stopper,
-        job.train_loader,
-    )
+    cfg, acc, model, state = job.cfg, job.accelerator, job.model, job.state
+    stopper, loader = job.stopper, job.train_loader
     last: dict[str, float] = {}
     window = torch.zeros(2, device=acc.device, dtype=torch.float64)  # loss sum, patches of this step
     pending = 0  # loader batches of the step in progress: part of the state once the step is
