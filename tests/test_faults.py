@@ -461,15 +461,20 @@ def test_a_cut_off_metrics_line_and_a_damaged_manifest_do_not_block_the_resume(r
 
 
 @pytest.mark.parametrize("damage", ["file_in_the_way", "lock_is_a_folder", "samples_is_a_file"])
-def test_a_run_directory_that_cannot_be_written_is_named_in_one_line(photo_folder, tmp_path, damage):
-    out = tmp_path / "run"
+def test_a_run_directory_that_cannot_be_written_is_named_in_one_line(reference, photo_folder, tmp_path, damage):
+    """A new run under a file, or with `.lock` a folder; a resume whose `samples` became a file."""
+    out, extra = tmp_path / "run", []
     if damage == "file_in_the_way":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "run"
+    elif damage == "lock_is_a_folder":
+        (out / ".lock").mkdir(parents=True)
     else:
-        out.mkdir()
-        (out / ".lock").mkdir() if damage == "lock_is_a_folder" else (out / "samples").write_text("x")
-    proc = srtrain(job(photo_folder, out), tmp_path, wandb="disabled")
+        shutil.copytree(reference, out)
+        shutil.rmtree(out / "samples")
+        (out / "samples").write_text("x")
+        extra = ["--resume=auto", "--epochs=3"]
+    proc = srtrain(job(photo_folder, out, *extra), tmp_path, wandb="disabled")
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and ("output_dir" in line or "samples" in line) and "Traceback" not in line
