@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from srtrain.faults import inject
-from srtrain.files import first_line, fsync, sha256
+from srtrain.files import first_line, fsync, remove, sha256
 from srtrain.models import build_model, weights_free_options
 from srtrain.models.weights import MODEL_FILE, load_model_weights
 
@@ -62,14 +62,6 @@ class TrainState:
     # came before the metrics line.
     epoch_row: dict[str, float] = dataclasses.field(default_factory=dict)
     step_values: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-def remove(path: Path) -> None:
-    """Remove a leftover temporary folder, or a file someone left where one goes."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:

@@ -13,7 +13,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from accelerate.utils import broadcast_object_list
 
 from srtrain.checkpoint import TrainState, checkpoint_problem, copy_checkpoint, is_checkpoint, read_state
 from srtrain.config import Config, ConfigError
-from srtrain.files import write_text_atomically
+from srtrain.files import remove, write_text_atomically
 from srtrain.stopping import STOPPED_FILE
 from srtrain.tracking import agent_run_dir, console
 
@@ -165,11 +164,8 @@ class RunDir:
         if self.lock is None or self.ckpt is not None or (self.path / "checkpoints").exists():
             return
         for name in ("",) if "" in self.made else self.made:
-            target = self.path / name
-            if target.is_dir():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                target.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                remove(self.path / name)
 
 
 def _claim(out_dir: Path, continues: bool) -> IO[str]:

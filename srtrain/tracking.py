@@ -102,7 +102,6 @@ class Tracker:
             ) from None
         self.metrics_file = out_dir / "metrics.jsonl"
         if self.use_wandb:
-            os.environ["WANDB_MODE"] = self.mode
             import wandb
 
             # W&B writes its `.wandb` file every 15 s by default: a SIGKILL loses what came since (a resume restores the
