@@ -28,7 +28,7 @@ import torch
 
 from srtrain.checkpoint import read_state
 from srtrain.faults import READY_FILE
-from srtrain.stopping import STOPPED_FILE
+from srtrain.rundir import RunDir
 
 MAIN = str(Path(__file__).resolve().parents[1] / "srtrain" / "main.py")
 PET = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
@@ -85,7 +85,7 @@ def one(processes: int, sig: signal.Signals, pet: bool, hr: Path) -> str:
             time.sleep(0.1)
         gone_s, left = time.monotonic() - start, running_in(folder)
         out = folder / "run"
-        marker = json.loads((out / STOPPED_FILE).read_text()) if (out / STOPPED_FILE).exists() else {}
+        marker = json.loads(RunDir(out).stopped.read_text()) if RunDir(out).stopped.exists() else {}
         step = read_state(out / "checkpoints" / "last").step if (out / "checkpoints" / "last").exists() else "-"
         lines = (folder / "launcher.log").read_text().count("srtrain: stopped by")
         shown = 128 - status if status < 0 else status

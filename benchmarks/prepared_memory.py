@@ -43,9 +43,9 @@ def worker(source: str, cache: bool, repeat: int) -> None:
     import torch
     from accelerate import Accelerator
 
-    from srtrain.cli import close_process_group, end_process
     from srtrain.config import load_config
     from srtrain.data import training_pair
+    from srtrain.launch import close_process_group, end_process
     from srtrain.train import make_train_loader
 
     accelerator = Accelerator(cpu=True)

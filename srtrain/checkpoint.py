@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
+from srtrain.config import CONFIG_FILE
 from srtrain.faults import inject
 from srtrain.files import first_line, fsync, remove, sha256
-from srtrain.models import build_model, weights_free_options
 from srtrain.models.weights import MODEL_FILE, load_model_weights
 
 STATE_FILE = "training_state.pt"
@@ -64,10 +63,20 @@ class TrainState:
     step_values: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def previous(path: Path) -> Path:
+    """Where a save keeps the checkpoint it replaced (`last.old`): the fallback of a resume whose `last` is damaged."""
+    return path.with_name(path.name + ".old")
+
+
+def temporary(path: Path) -> Path:
+    """Where a save writes before it swaps in (`last.tmp`): complete once its manifest matches."""
+    return path.with_name(path.name + ".tmp")
+
+
 def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:
     """Replace `final` by the complete `tmp` so that one complete version exists at every instant; the previous
-    version stays as `final.old` (the fallback of a resume whose `last` is damaged) or goes after the swap."""
-    old = final.with_name(final.name + ".old")
+    version stays as `previous(final)` or goes after the swap."""
+    old = previous(final)
     if final.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -126,7 +135,7 @@ def save_checkpoint(
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"not saving {path}: weights {bad[:3]} hold NaN/inf; the previous checkpoint is kept")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     try:
         remove(tmp)
         tmp.mkdir(parents=True)
@@ -140,7 +149,7 @@ def save_checkpoint(
             },
             tmp / STATE_FILE,
         )
-        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / CONFIG_FILE).write_text(config_yaml)
         _write_manifest(tmp)
     except (OSError, SafetensorError, RuntimeError) as err:  # safetensors and torch's zip writer: their own errors
         shutil.rmtree(tmp, ignore_errors=True)
@@ -153,7 +162,7 @@ def save_checkpoint(
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
     """Atomically make `dst` a copy of checkpoint `src` (e.g. `last` becoming `best`)."""
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp = temporary(dst)
     try:
         remove(tmp)
         shutil.copytree(src, tmp)
@@ -165,32 +174,6 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
             f"could not copy {src} to {dst} ({first_line(err)}); {dst} is unchanged: free space"
         ) from err
     _swap_in(tmp, dst)
-
-
-def find_checkpoint(path: Path) -> Path:
-    """A checkpoint folder from itself, or from a run directory (its `best`, else its `last`). One whose files do
-    not match its manifest is refused by name, never half-loaded."""
-    for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
-        if is_checkpoint(candidate):
-            if problem := checkpoint_problem(candidate):
-                other = "last" if candidate.name == "best" else "last.old"
-                raise ValueError(
-                    f"checkpoint {candidate} is damaged: {problem}; use {candidate.with_name(other)} if it is "
-                    "complete, or resume the run (--resume=auto) to write it again"
-                )
-            return candidate
-    raise ValueError(f"'{path}' is not a run directory or checkpoint folder (no {MODEL_FILE} + {STATE_FILE})")
-
-
-def model_from_checkpoint(path: Path) -> tuple[nn.Module, int]:
-    """Rebuild a trained model from a run directory or checkpoint folder: (model, scale)."""
-    ckpt = find_checkpoint(path)
-    config = yaml.safe_load((ckpt / "config.yaml").read_text())
-    name = config["model"]["name"]
-    options = {k: v for k, v in config["model"].items() if k != "name"} | weights_free_options(name)
-    model = build_model(name, config["scale"], **options)
-    load_model_weights(model, ckpt)
-    return model, config["scale"]
 
 
 def read_state(path: Path) -> TrainState:

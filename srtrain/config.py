@@ -20,7 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
-from srtrain.models import model_options
+from srtrain.models import SCALES, model_options
+
+CONFIG_FILE = "config.yaml"  # the configuration a run directory and each of its checkpoints keep
 
 
 class ConfigError(ValueError):
@@ -126,6 +128,10 @@ class Config:
         d = dataclasses.asdict(self)
         d["model"] = {"name": self.model.name, **self.model.args}
         return d
+
+    def to_yaml(self) -> str:
+        """The text of a run's and a checkpoint's CONFIG_FILE: what `saved_config` reads back."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "wandb": WandbConfig}
@@ -271,6 +277,16 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"'{path}'{line} is not valid YAML ({problem}); fix it and run again") from err
 
 
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML configuration file's keys, flattened to `section.key`."""
+    loaded = read_yaml(path) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
+    if isinstance(loaded.get("model"), str):
+        loaded["model"] = {"name": loaded["model"]}
+    return _flatten(loaded)
+
+
 def load_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build a validated Config from dataclass defaults, an optional YAML file and overrides."""
     values: dict[str, Any] = {}
@@ -278,15 +294,26 @@ def load_config(config_file: str | Path | None = None, overrides: dict[str, Any]
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist{examples('jobs', 'quick.yaml')}")
-        loaded = read_yaml(path) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
-        if isinstance(loaded.get("model"), str):
-            loaded["model"] = {"name": loaded["model"]}
-        values.update(_flatten(loaded))
+        values.update(_read_mapping(path))
     for key, value in (overrides or {}).items():
         values["model.name" if key == "model" else key] = value
+    cfg = _build(values)
+    validate(cfg)
+    return cfg
 
+
+def saved_config(file: Path) -> Config:
+    """The configuration a run or a checkpoint saved (its CONFIG_FILE), read back as it was written: keys and types
+    are checked, relations and paths are not (an `init_from` file may be gone since). A key this srtrain does not
+    know (a config from another version) is a ConfigError naming the file."""
+    try:
+        return _build(_read_mapping(file))
+    except ConfigError as err:
+        raise ConfigError(f"{file}: {err}") from None
+
+
+def _build(values: dict[str, Any]) -> Config:
+    """A Config from `section.key` values, each checked against its key's type (the model's options included)."""
     cfg = Config()
     model_name = str(values.get("model.name", cfg.model.name))
     try:
@@ -314,7 +341,6 @@ def load_config(config_file: str | Path | None = None, overrides: dict[str, Any]
             setattr(getattr(cfg, section), name, coerce(key, value, sub[name]))
         else:
             raise _unknown_key(key, model_name)
-    validate(cfg)
     return cfg
 
 
@@ -325,7 +351,7 @@ def _numbers(cfg: Config) -> list[tuple[str, float]]:
 def validate(cfg: Config) -> None:
     """Check relations between values that types alone cannot express."""
     checks = [
-        (cfg.scale in (2, 3, 4), f"scale must be 2, 3 or 4, got {cfg.scale}"),
+        (cfg.scale in SCALES, f"scale must be {', '.join(map(str, SCALES[:-1]))} or {SCALES[-1]}, got {cfg.scale}"),
         (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),

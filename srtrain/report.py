@@ -7,7 +7,6 @@ together: a PSNR at x2 says nothing about one at x4.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import statistics
 from dataclasses import dataclass
@@ -16,19 +15,17 @@ from typing import Any
 
 import PIL.Image
 import torch
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from srtrain.checkpoint import model_from_checkpoint
-from srtrain.config import DataConfig
+from srtrain.config import DataConfig, saved_config
 from srtrain.data import ValImages, load_images
 from srtrain.evaluation import super_resolve
 from srtrain.files import write_atomically, write_text_atomically
 from srtrain.models.bicubic import Bicubic
 from srtrain.models.profile import trainable_parameters
-from srtrain.rundir import read_metrics
+from srtrain.rundir import RunDir, model_from_checkpoint, read_metrics
 from srtrain.visual import crop_comparison, crop_size, detailed_crop, stack
 
 REPORT = "report.md"
@@ -61,25 +58,23 @@ class Run:
 
 def read_run(path: Path) -> Run:
     """A run directory's config, validation history and parameter count; a clear error names what is missing."""
-    config_file, metrics_file = path / "config.yaml", path / "metrics.jsonl"
-    for file in (config_file, metrics_file):
+    run_dir = RunDir(path)
+    for file in (run_dir.config, run_dir.metrics):
         if not file.is_file():
             raise ReportError(f"'{path}' is not a finished run directory: {file.name} is missing")
-    config = yaml.safe_load(config_file.read_text())
-    rows, _damaged = read_metrics(metrics_file)  # a line cut off by a full disk: the whole rows still report
+    cfg = saved_config(run_dir.config)
+    rows, _damaged = read_metrics(run_dir.metrics)  # a line cut off by a full disk: the whole rows still report
     epochs = [r for r in rows if "psnr_y" in r]
     if not epochs:
-        raise ReportError(f"'{metrics_file}' holds no validation rows yet; report runs that validated at least once")
+        raise ReportError(f"'{run_dir.metrics}' holds no validation rows yet; report runs that validated at least once")
     model, _ = model_from_checkpoint(path)
-    fields = {f.name for f in dataclasses.fields(DataConfig)}
-    data = DataConfig(**{k: v for k, v in config["data"].items() if k in fields})
     return Run(
         path=path,
         name=path.resolve().name,
-        model=config["model"]["name"],
-        scale=config["scale"],
-        val=data.val,
-        data=data,
+        model=cfg.model.name,
+        scale=cfg.scale,
+        val=cfg.data.val,
+        data=cfg.data,
         epochs=epochs,
         parameters=trainable_parameters(model),
     )
@@ -236,6 +231,6 @@ def log_leaderboard(runs: list[Run], project: str) -> str:
 def online_project(runs: list[Run]) -> str | None:
     """The W&B project of runs that ran online (a `wandb/run-*` folder, not `offline-run-*`), else None."""
     for run in runs:
-        if any((run.path / "wandb").glob("run-*")):
-            return yaml.safe_load((run.path / "config.yaml").read_text())["wandb"]["project"]
+        if any(RunDir(run.path).wandb.glob("run-*")):
+            return saved_config(RunDir(run.path).config).wandb.project
     return None

@@ -1,9 +1,11 @@
-"""One run, one directory: which directory and checkpoint a job uses, the lock that keeps out a second writer,
-the refusal to write into another run, and the repairs a resume makes after a kill (metrics.jsonl, `best`, the
-epoch rows a killed segment's W&B file lost).
+"""One run, one directory: its layout (`RunDir`), the names of new runs, which checkpoint a job continues, the lock
+that keeps out a second writer, the refusal to write into another run, and the repairs a resume makes after a kill
+(metrics.jsonl, `best`).
 
 A run directory holds `config.yaml` (written once, by the run that created it), `metrics.jsonl`, `samples/`,
-`checkpoints/{last,best}`, `wandb/` and, while a process trains in it, a lock on `.lock`.
+`checkpoints/{last,best}` (`last.old`, the one `last` replaced; `last.tmp` while a save is being written),
+`wandb/`, `stopped.json` while its last stop was a resumable one and, while a process trains in it, a lock on
+`.lock`. Every other module finds these paths here.
 """
 
 from __future__ import annotations
@@ -13,27 +15,37 @@ import errno
 import fcntl
 import json
 import os
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
 from accelerate.utils import broadcast_object_list
+from torch import nn
 
-from srtrain.checkpoint import TrainState, checkpoint_problem, copy_checkpoint, is_checkpoint, read_state
-from srtrain.config import Config, ConfigError
+from srtrain.checkpoint import (
+    STATE_FILE,
+    TrainState,
+    checkpoint_problem,
+    copy_checkpoint,
+    is_checkpoint,
+    previous,
+    read_state,
+    temporary,
+)
+from srtrain.config import CONFIG_FILE, Config, ConfigError, saved_config
 from srtrain.files import remove, write_text_atomically
-from srtrain.stopping import STOPPED_FILE
-from srtrain.tracking import agent_run_dir, console
+from srtrain.models import build_model, weights_free_options
+from srtrain.models.weights import MODEL_FILE, load_model_weights
 
-LOCK_FILE = ".lock"
-WANDB_EPOCHS = "srtrain-epochs.json"  # in OUTPUT_DIR/wandb: the epoch rows each finished W&B segment holds
-WRITER_WAIT_S = 120  # the longest a resume waits for a killed trainer's W&B service to let go of its file
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "samples", "wandb")
+RUNS = Path("runs")  # where runs go when nothing names their directory
+# Every name srtrain gives a run directory, by who starts the run: `run_dir_name` fills them in.
+NAMES = {
+    "new": "{model}_x{scale}_{time}",  # a run started by hand: model, scale and the start time
+    "slurm": "{job_name}-{job_id}",  # a batch job (slurm/*.sbatch): requeued, it finds its run again
+    "sweep": "{sweep}/{point}",  # a point of `srtrain sweep`
+    "agent": "sweep-{sweep_id}/{run_id}",  # a W&B sweep agent's run
+}
 # Keys a resume may change: how long to train, where to log and read data, how often to save or validate.
 RESUMABLE_CHANGES = {
     "epochs",
@@ -54,6 +66,82 @@ RESUMABLE_CHANGES = {
 }
 
 
+@dataclass
+class RunDir:
+    """A run directory's paths; for the job that claimed it (`open_run`), also the checkpoint it resumes."""
+
+    path: Path
+    ckpt: Path | None = None
+    continues: bool = False  # the checkpoint is this directory's own: same W&B run, same config.yaml
+    skipped: list[str] = field(default_factory=list)  # damaged newer checkpoints passed over
+    lock: IO[str] | None = None
+    started_over: bool = False  # it stopped before its first checkpoint: the same job starts it again
+    made: tuple[str, ...] = ()  # what this job created here ("" for the directory itself): `discard` removes it
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best"
+
+    @property
+    def wandb(self) -> Path:
+        return self.path / "wandb"
+
+    @property
+    def stopped(self) -> Path:
+        return self.path / "stopped.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    def files(self) -> list[Path]:
+        """What a run writes here: a directory holding one of them holds a run."""
+        return [self.config, self.metrics, self.checkpoints, self.samples, self.wandb]
+
+    def discard(self) -> None:
+        """After a failed start (this process claimed the directory, nothing trained): remove what this job created
+        here. Nothing in it could be resumed, and it would block the corrected command ("holds another run")."""
+        if self.lock is None or self.ckpt is not None or self.checkpoints.exists():
+            return
+        for name in ("",) if "" in self.made else self.made:
+            with contextlib.suppress(OSError):
+                remove(self.path / name)
+
+
+def run_dir_name(scheme: str, **parts: Any) -> Path:
+    """The directory of a run that no `--output_dir` names, by `NAMES[scheme]` (`srtrain run-dir` prints the
+    SLURM one for batch scripts)."""
+    return RUNS / NAMES[scheme].format(**parts)
+
+
+def agent_run_dir() -> Path | None:
+    """Under a W&B sweep agent, its run's directory: the agent's command line names none, and one fixed per run
+    lets `--resume=auto` continue a run the controller hands out again."""
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return run_dir_name("agent", sweep_id=os.environ["WANDB_SWEEP_ID"], run_id=os.environ["WANDB_RUN_ID"])
+    return None
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`data.*` and `wandb.*` as keys of their own; unlike `config._flatten`, the model stays one value, so that
     the options of the default model never count as differences of a run with another model."""
@@ -66,10 +154,10 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def config_differences(saved: Config, now: Config) -> list[str]:
     """`key: saved -> now` for every setting that a resume may not change (W&B settings may). A key that the
-    saved config lacks (added to srtrain after it was written) counts as its default."""
-    a, b = _flat(Config().to_dict()) | _flat(saved), _flat(now)
+    saved config lacks (added to srtrain after it was written) was read back as its default."""
+    a, b = _flat(saved.to_dict()), _flat(now.to_dict())
     keys = sorted((a.keys() | b.keys()) - RESUMABLE_CHANGES)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if not k.startswith("wandb.") and a.get(k) != b.get(k)]
 
@@ -81,21 +169,20 @@ def resolve_output_dir(cfg: Config) -> Path:
         return Path(cfg.output_dir)
     if (agent_dir := agent_run_dir()) is not None:
         return agent_dir
-    prefix = f"{cfg.model.name}_x{cfg.scale}_"
     if cfg.resume == "auto":
-        runs = sorted(p for p in Path("runs").glob(prefix + "*") if (p / "checkpoints").is_dir())
+        pattern = run_dir_name("new", model=cfg.model.name, scale=cfg.scale, time="*")
+        runs = sorted(p for p in pattern.parent.glob(pattern.name) if RunDir(p).checkpoints.is_dir())
         if runs:
             return runs[-1]
     stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
     broadcast_object_list(stamp)
-    return Path("runs") / (prefix + stamp[0])
+    return run_dir_name("new", model=cfg.model.name, scale=cfg.scale, time=stamp[0])
 
 
-def _good_checkpoint(folder: Path, what: str) -> tuple[Path | None, list[str]]:
-    """The newest complete checkpoint among `last`, `last.old` of a checkpoints folder, and what was wrong."""
+def _good_checkpoint(run: RunDir) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint among a run's `last` and `last.old`, and what was wrong with newer ones."""
     problems = []
-    for name in ("last", "last.old"):
-        path = folder / name
+    for path in (run.last, previous(run.last)):
         if not path.exists():
             continue
         problem = checkpoint_problem(path)
@@ -103,19 +190,19 @@ def _good_checkpoint(folder: Path, what: str) -> tuple[Path | None, list[str]]:
             return path, problems
         problems.append(problem)
     if problems:
-        raise ConfigError(f"resume: no complete checkpoint in {what}: {'; '.join(problems)}")
+        raise ConfigError(f"resume: no complete checkpoint in {run.path}: {'; '.join(problems)}")
     return None, problems
 
 
 def resume_path(cfg: Config, out_dir: Path) -> tuple[Path | None, list[str]]:
     """The checkpoint to continue from (None: a fresh start) and the damaged newer ones passed over."""
     if cfg.resume == "auto":
-        return _good_checkpoint(out_dir / "checkpoints", str(out_dir))
+        return _good_checkpoint(RunDir(out_dir))
     if not cfg.resume:
         return None, []
     path = Path(cfg.resume)
-    if (path / "checkpoints").is_dir():
-        found, problems = _good_checkpoint(path / "checkpoints", str(path))
+    if RunDir(path).checkpoints.is_dir():
+        found, problems = _good_checkpoint(RunDir(path))
         if found is None:
             raise ConfigError(f"resume: '{cfg.resume}' holds no checkpoint")
         return found, problems
@@ -131,8 +218,7 @@ def check_resumable(cfg: Config, ckpt: Path, global_batch: int) -> None:
     """A checkpoint continues only the same job: other settings would silently change what is trained (a new
     global batch or patch size changes the steps per epoch, and with them the learning-rate schedule). The
     global batch may be split differently, e.g. over another number of processes."""
-    saved = yaml.safe_load((ckpt / "config.yaml").read_text())
-    changed = config_differences(saved, cfg.to_dict())
+    changed = config_differences(saved_config(ckpt / CONFIG_FILE), cfg)
     saved_global = read_state(ckpt).global_batch
     if saved_global == global_batch:
         changed = [c for c in changed if not c.startswith(("batch_size:", "grad_accum:"))]
@@ -146,37 +232,15 @@ def check_resumable(cfg: Config, ckpt: Path, global_batch: int) -> None:
         )
 
 
-@dataclass
-class RunDir:
-    """The claimed run directory of this job (main process holds the lock) and the checkpoint it resumes."""
-
-    path: Path
-    ckpt: Path | None
-    continues: bool  # the checkpoint is this directory's own: same W&B run, same config.yaml
-    skipped: list[str]
-    lock: IO[str] | None = None
-    wandb_run_id: str = ""  # a run started over: the W&B run of its attempt that died before its first checkpoint
-    made: tuple[str, ...] = ()  # what this job created here ("" for the directory itself): `discard` removes it
-
-    def discard(self) -> None:
-        """After a failed start (this process claimed the directory, nothing trained): remove what this job created
-        here. Nothing in it could be resumed, and it would block the corrected command ("holds another run")."""
-        if self.lock is None or self.ckpt is not None or (self.path / "checkpoints").exists():
-            return
-        for name in ("",) if "" in self.made else self.made:
-            with contextlib.suppress(OSError):
-                remove(self.path / name)
-
-
-def _claim(out_dir: Path, continues: bool) -> IO[str]:
-    """Lock `out_dir` for this run's life; refuse a directory that holds another run, unless this job continues
+def _claim(run: RunDir, continues: bool) -> IO[str]:
+    """Lock the run directory for this run's life; refuse one that holds another run, unless this job continues
     it (or starts it over: `starts_over`), and one it cannot write in."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)  # (`open_run` noted whether it existed)
-        lock = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the run's life, closed by the OS)
+        run.path.mkdir(parents=True, exist_ok=True)  # (`open_run` noted whether it existed)
+        lock = open(run.lock_file, "a+")  # noqa: SIM115 (held open for the run's life, closed by the OS)
     except OSError as err:  # a file in the way, a read-only or full file system
         raise ConfigError(
-            f"output_dir {out_dir}: cannot write there ({err.strerror}: {err.filename}); pick another --output_dir"
+            f"output_dir {run.path}: cannot write there ({err.strerror}: {err.filename}); pick another --output_dir"
             + (" or free space" if err.errno == errno.ENOSPC else "")
         ) from None
     try:
@@ -184,14 +248,14 @@ def _claim(out_dir: Path, continues: bool) -> IO[str]:
     except BlockingIOError:
         lock.seek(0)
         raise ConfigError(
-            f"output_dir {out_dir} is in use by another srtrain process (pid {lock.read().strip() or '?'}); "
+            f"output_dir {run.path} is in use by another srtrain process (pid {lock.read().strip() or '?'}); "
             "wait for it or pick another --output_dir"
         ) from None
     if not continues:
-        found = [name for name in RUN_FILES if (out_dir / name).exists()]
+        found = [f.name for f in run.files() if f.exists()]
         if found:
             raise ConfigError(
-                f"output_dir {out_dir} holds another run ({', '.join(found)}); continue it with --resume=auto, "
+                f"output_dir {run.path} holds another run ({', '.join(found)}); continue it with --resume=auto, "
                 "or pick another --output_dir"
             )
     lock.seek(0)
@@ -202,28 +266,29 @@ def _claim(out_dir: Path, continues: bool) -> IO[str]:
     return lock
 
 
-def trained_in(out_dir: Path) -> list[str]:
+def trained_in(run: RunDir) -> list[str]:
     """The traces of training in a run directory: complete checkpoints, metrics rows, sample grids."""
-    checkpoints = out_dir / "checkpoints"
     found = [
-        f"checkpoints/{p.name}" for p in sorted(checkpoints.glob("*")) if is_checkpoint(p) and not checkpoint_problem(p)
+        f"{run.checkpoints.name}/{p.name}"
+        for p in sorted(run.checkpoints.glob("*"))
+        if is_checkpoint(p) and not checkpoint_problem(p)
     ]
-    if (out_dir / "metrics.jsonl").is_file() and (out_dir / "metrics.jsonl").stat().st_size:
-        found.append("metrics.jsonl")
-    if any((out_dir / "samples").glob("*.png")):
-        found.append("samples/")
+    if run.metrics.is_file() and run.metrics.stat().st_size:
+        found.append(run.metrics.name)
+    if any(run.samples.glob("*.png")):
+        found.append(f"{run.samples.name}/")
     return found
 
 
-def _ways_on(out_dir: Path) -> str:
+def _ways_on(run: RunDir) -> str:
     """How to go on from a run directory that lost `last` and `last.old`: its complete `best` or `last.tmp`."""
     ways = []
-    best, tmp = out_dir / "checkpoints" / "best", out_dir / "checkpoints" / "last.tmp"
+    best, tmp = run.best, temporary(run.last)
     if is_checkpoint(best) and not checkpoint_problem(best):
         state = read_state(best)
         ways.append(
             f"continue from its best (epoch {state.epoch}, step {state.step}) with --resume={best} "
-            f"--output_dir={out_dir}"
+            f"--output_dir={run.path}"
         )
     if is_checkpoint(tmp) and not checkpoint_problem(tmp):
         ways.append(f"from its complete last.tmp (step {read_state(tmp).step}): rename it to last, then --resume=auto")
@@ -231,21 +296,20 @@ def _ways_on(out_dir: Path) -> str:
     return "Either " + "; or ".join(ways)
 
 
-def starts_over(cfg: Config, out_dir: Path) -> bool:
+def starts_over(cfg: Config, run: RunDir) -> bool:
     """`--resume=auto` of a run that stopped before its first checkpoint (a kill or a preemption early in epoch 1):
     nothing to continue, so the same job starts over in its directory; a changed configuration is refused."""
-    saved = out_dir / "config.yaml"
-    if cfg.resume != "auto" or not saved.is_file():
+    if cfg.resume != "auto" or not run.config.is_file():
         return False
-    if progress := trained_in(out_dir):
+    if progress := trained_in(run):
         raise ConfigError(
-            f"resume: {out_dir} has no checkpoints/last or last.old to continue from, but it trained "
-            f"({', '.join(progress)}): starting it over there would overwrite that. {_ways_on(out_dir)}"
+            f"resume: {run.path} has no checkpoints/last or last.old to continue from, but it trained "
+            f"({', '.join(progress)}): starting it over there would overwrite that. {_ways_on(run)}"
         )
-    changed = config_differences(yaml.safe_load(saved.read_text()), cfg.to_dict())
+    changed = config_differences(saved_config(run.config), cfg)
     if changed:
         raise ConfigError(
-            f"resume: {out_dir} holds a run with no checkpoint yet whose configuration differs in "
+            f"resume: {run.path} holds a run with no checkpoint yet whose configuration differs in "
             f"{', '.join(changed)}; start it over with its own values or pick another --output_dir"
         )
     return True
@@ -253,33 +317,24 @@ def starts_over(cfg: Config, out_dir: Path) -> bool:
 
 def open_run(cfg: Config, main: bool, global_batch: int) -> RunDir:
     """Decide and claim the run directory on the main process; every process gets the same answer or error."""
-    out_dir = resolve_output_dir(cfg)
-    ckpt, skipped = resume_path(cfg, out_dir)
-    continues = ckpt is not None and ckpt.parent.resolve() == (out_dir / "checkpoints").resolve()
-    if ckpt is not None:
-        check_resumable(cfg, ckpt, global_batch)
-    error, lock, earlier_id, made = [""], None, "", ()
+    run = RunDir(resolve_output_dir(cfg))
+    run.ckpt, run.skipped = resume_path(cfg, run.path)
+    run.continues = run.ckpt is not None and run.ckpt.parent.resolve() == run.checkpoints.resolve()
+    if run.ckpt is not None:
+        check_resumable(cfg, run.ckpt, global_batch)
+    error = [""]
     if main:
         try:
-            again = ckpt is None and starts_over(cfg, out_dir)
-            made = ("",) if not out_dir.exists() else tuple(n for n in RUN_FILES if not (out_dir / n).exists())
-            lock = _claim(out_dir, continues or again)
-            if again:
-                console.print(f"[bold yellow]note:[/] {out_dir} has no checkpoint yet: the run starts over there")
-                earlier_id = _only_wandb_run(out_dir)
+            run.started_over = run.ckpt is None and starts_over(cfg, run)
+            exists = run.path.exists()
+            run.made = tuple(f.name for f in run.files() if not f.exists()) if exists else ("",)
+            run.lock = _claim(run, run.continues or run.started_over)
         except ConfigError as err:
             error = [str(err)]
     broadcast_object_list(error)
     if error[0]:
         raise ConfigError(error[0])
-    return RunDir(out_dir, ckpt, continues, skipped, lock, earlier_id, made)
-
-
-def _only_wandb_run(out_dir: Path) -> str:
-    """The id of the one W&B run in `out_dir/wandb` ('' for none or several). A run started over keeps it: the
-    attempt that died logged the same first steps (same seed), so W&B shows one run, not an orphan beside it."""
-    ids = {p.name.rsplit("-", 1)[1] for p in (out_dir / "wandb").glob("*run-*") if p.is_dir()}
-    return ids.pop() if len(ids) == 1 else ""
+    return run
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
@@ -299,87 +354,45 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     return rows, damaged
 
 
-def repair_after_kill(run: RunDir, state: TrainState, use_wandb: bool) -> list[dict[str, Any]]:
+def repair_after_kill(run: RunDir, state: TrainState) -> tuple[list[dict[str, Any]], list[int]]:
     """Make the directory agree with the checkpoint resumed (main process): metrics.jsonl keeps each finished
     epoch once, and only those the checkpoint has (its own row is added when a kill came before its metrics line);
     `best` is the best epoch's checkpoint (a kill may have come before its copy); no stale stop marker. Returns
-    the rows of metrics.jsonl (with their `step`) that none of the run's W&B segments holds: the caller logs them."""
-    (run.path / STOPPED_FILE).unlink(missing_ok=True)
-    metrics = run.path / "metrics.jsonl"
-    rows, damaged = read_metrics(metrics)
-    if damaged:
-        console.print(
-            f"[bold yellow]warning:[/] {metrics}: line(s) {damaged} are not whole rows (a write cut off by a full disk "
-            "or a kill); rewritten without them (the checkpoint's own epoch row is kept)"
-        )
+    the rows metrics.jsonl keeps and the numbers of the lines it dropped (not whole rows)."""
+    run.stopped.unlink(missing_ok=True)
+    rows, damaged = read_metrics(run.metrics)
     kept = {r["epoch"]: r for r in reversed(rows) if r["epoch"] <= state.epoch}
     if state.epoch_row and state.epoch not in kept:
         kept[state.epoch] = {"epoch": state.epoch, "step": state.step, **state.epoch_row}
     lines = [json.dumps(kept[e]) + "\n" for e in sorted(kept)]
     if damaged or lines != [json.dumps(r) + "\n" for r in rows]:
-        write_text_atomically(metrics, "".join(lines))
-    best = run.path / "checkpoints" / "best"
-    best_epoch = read_state(best).epoch if not checkpoint_problem(best) else -1
+        write_text_atomically(run.metrics, "".join(lines))
+    best_epoch = read_state(run.best).epoch if not checkpoint_problem(run.best) else -1
     if run.continues and state.best_epoch == state.epoch and best_epoch != state.epoch:
-        copy_checkpoint(run.ckpt, best)
-    if not use_wandb or not kept:
-        return []
-    logged = wandb_epochs(run.path, state.wandb_run_id)
-    return [kept[e] for e in sorted(kept) if e not in logged and "step" in kept[e]]
+        copy_checkpoint(run.ckpt, run.best)
+    return [kept[e] for e in sorted(kept)], damaged
 
 
-def _held_open(files: list[Path]) -> bool:
-    """Whether some process has one of `files` open (Linux's /proc; elsewhere nothing is found)."""
-    targets = {str(f.resolve()) for f in files}
-    for fd in Path("/proc").glob("[0-9]*/fd/*"):
-        with contextlib.suppress(OSError):
-            if os.readlink(fd) in targets:
-                return True
-    return False
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint folder from itself, or from a run directory (its `best`, else its `last`). One whose files do
+    not match its manifest is refused by name, never half-loaded."""
+    for candidate in (path, RunDir(path).best, RunDir(path).last):
+        if is_checkpoint(candidate):
+            if problem := checkpoint_problem(candidate):
+                other = candidate.with_name("last") if candidate.name == "best" else previous(candidate)
+                raise ValueError(
+                    f"checkpoint {candidate} is damaged: {problem}; use {other} if it is "
+                    "complete, or resume the run (--resume=auto) to write it again"
+                )
+            return candidate
+    raise ValueError(f"'{path}' is not a run directory or checkpoint folder (no {MODEL_FILE} + {STATE_FILE})")
 
 
-def _epochs_in(segment: Path) -> list[int] | None:
-    """The epochs whose row a W&B segment's `.wandb` file holds, read by W&B's own reader (a killed segment's
-    file is read up to its last whole record); None, with a warning, when the reader fails."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(segment)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-            env={**os.environ, "WANDB_MODE": "offline"},  # a local file: nothing to report to a server
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-        reason = (getattr(err, "stderr", "") or "").strip().splitlines()[-1:] or [str(err)]
-        console.print(
-            f"[bold yellow]warning:[/] W&B cannot read {segment} ({reason[0]}); the epochs it may hold are logged "
-            "again, so W&B may show some twice (metrics.jsonl has each once)"
-        )
-        return None
-    items = (json.loads(line).get("history", {}).get("item", {}) for line in proc.stdout.splitlines())
-    return sorted({int(item["epoch"]) for item in items if "epoch" in item})
-
-
-def wandb_epochs(run_dir: Path, run_id: str) -> set[int]:
-    """The epochs whose row some W&B segment of run `run_id` holds (call before this segment's W&B run starts).
-    A killed trainer's W&B service may still hold its file open, and write rows it buffered, until it notices
-    the death (about a second): wait until no process has a segment's file open, so that what is read is final.
-    Each finished segment is read once (about 1 s); what it holds is kept in `wandb/srtrain-epochs.json`."""
-    wandb_dir = run_dir / "wandb"
-    segments = sorted(p for p in wandb_dir.glob(f"*run-*-{run_id}") if p.is_dir() and any(p.glob("*.wandb")))
-    cache_file = wandb_dir / WANDB_EPOCHS
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    new = [s for s in segments if s.name not in cache]
-    files = [f for s in new for f in s.glob("*.wandb")]
-    deadline = time.monotonic() + WRITER_WAIT_S
-    while held := _held_open(files):
-        if time.monotonic() > deadline:
-            console.print(f"[bold yellow]warning:[/] a process still writes {files}; W&B may hold an epoch twice")
-            break
-        time.sleep(0.1)
-    read = {segment.name: _epochs_in(segment) for segment in new}
-    if new and not held:  # final: never read again (an unreadable segment is tried again at the next resume)
-        cache |= {name: epochs for name, epochs in read.items() if epochs is not None}
-        write_text_atomically(cache_file, json.dumps(cache, indent=1))
-    return {e for epochs in (cache | read).values() for e in epochs or []}
+def model_from_checkpoint(path: Path) -> tuple[nn.Module, int]:
+    """Rebuild a trained model from a run directory or checkpoint folder: (model, scale)."""
+    ckpt = find_checkpoint(path)
+    cfg = saved_config(ckpt / CONFIG_FILE)
+    options = cfg.model.args | weights_free_options(cfg.model.name)
+    model = build_model(cfg.model.name, cfg.scale, **options)
+    load_model_weights(model, ckpt)
+    return model, cfg.scale

@@ -1,8 +1,8 @@
 """When training stops: the epoch cap, the time budget, or a signal, decided the same way on every rank.
 
 A batch system preempts a job with a signal (SLURM: SIGTERM, or SIGUSR1/SIGUSR2 with `--signal`), a user with
-Ctrl-C. It saves `checkpoints/last`, leaves `STOPPED_FILE` in the run directory, finishes W&B and exits with
-`EXIT_RESUMABLE`. A second SIGINT exits at once, without a checkpoint.
+Ctrl-C. It saves `checkpoints/last`, leaves a marker (`RunDir.stopped`) in the run directory, finishes W&B and
+exits with `EXIT_RESUMABLE`. A second SIGINT exits at once, without a checkpoint.
 - Several processes: each finishes the current step and all agree in the step's one collective (so that no rank
   waits forever for another); torchrun's agent, which forwards the signal, grants them 30 s.
 - One process: a watcher thread hears the signal at once, even inside a long step, and saves the last completed
@@ -27,7 +27,6 @@ from pathlib import Path
 from srtrain.files import write_text_atomically
 
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL from sysexits.h: "stopped to be resumed", neither success (0) nor a crash (1)
-STOPPED_FILE = "stopped.json"  # in the run directory while its last stop was a resumable one
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_PDEATHSIG = 1
 # After a stop signal, how long the watcher waits for the launcher's own SIGTERM: a signal sent to the whole job
@@ -195,7 +194,7 @@ class Stopper:
         """Leave the epoch after this step: a signal or the budget."""
         return self.agreed_signal or self.out_of_time()
 
-    def write_marker(self, out_dir: Path, step: int, epochs_done: int) -> None:
+    def write_marker(self, path: Path, step: int, epochs_done: int) -> None:
         """Tell a batch script, which sees only the launcher's exit code, that this stop is resumable. The stop
         came in epoch `epochs_done + 1` (as the stop's message says)."""
         record = {
@@ -204,7 +203,7 @@ class Stopper:
             "epochs_done": epochs_done,
             "exit_code": EXIT_RESUMABLE,
         }
-        write_text_atomically(out_dir / STOPPED_FILE, json.dumps(record) + "\n")
+        write_text_atomically(path, json.dumps(record) + "\n")
 
 
 class _Updating:

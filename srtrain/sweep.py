@@ -20,6 +20,7 @@ import yaml
 
 from srtrain.config import ConfigError, examples, load_config, parse_overrides, read_yaml
 from srtrain.models import build_model
+from srtrain.rundir import run_dir_name
 from srtrain.tracking import SWEEP_METRICS
 
 MAIN = Path(__file__).resolve().parent / "main.py"
@@ -82,7 +83,11 @@ def point_args(name: str, index: int, point: dict[str, Any]) -> list[str]:
     """The `srtrain/main.py` arguments of one point: the agent's `--key=value` form, its own run directory."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    own = {"output_dir": f"runs/{name}/{index}", "wandb.group": name, "wandb.name": f"{name}-{index}"}
+    own = {
+        "output_dir": str(run_dir_name("sweep", sweep=name, point=index)),
+        "wandb.group": name,
+        "wandb.name": f"{name}-{index}",
+    }
     values = {"resume": "auto", **point, **own}
     return create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})["args"]
 

@@ -1,4 +1,5 @@
-"""Where results go: W&B (through accelerate's tracker), `metrics.jsonl`, sample grids and the console.
+"""Where results go: W&B (through accelerate's tracker), `metrics.jsonl`, sample grids and the console; and, for a
+resume after a kill, what the run's W&B files already hold.
 
 Only the main process writes. W&B runs offline by itself when no API key is configured, and its files
 land under `OUTPUT_DIR/wandb/`, next to the local copies, so a run directory is complete on its own.
@@ -9,6 +10,9 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -23,10 +27,13 @@ from rich.table import Table
 
 from srtrain.config import Config, ConfigError
 from srtrain.faults import inject
-from srtrain.files import append_line, first_line, write_atomically
+from srtrain.files import append_line, first_line, write_atomically, write_text_atomically
+from srtrain.rundir import RunDir
 from srtrain.visual import stack
 
 WANDB_INIT_TIMEOUT_S = 30  # the wait for a W&B server at the start (W&B's own default: 90 s); $WANDB_INIT_TIMEOUT wins
+WANDB_EPOCHS = "srtrain-epochs.json"  # in the run's wandb/: the epoch rows each finished W&B segment holds
+WRITER_WAIT_S = 120  # the longest a resume waits for a killed trainer's W&B service to let go of its file
 WANDB_FLUSH_S = 1.0  # seconds between writes of W&B's run file; all of it is written at the end or on a stop
 console = Console(soft_wrap=True)  # long lines stay whole in logs; tables still fit the width
 TABLE_COLUMNS = [
@@ -47,14 +54,6 @@ def new_run_id() -> str:
     """A fresh run's W&B id: the one a sweep agent (or the user) put in $WANDB_RUN_ID, so that the agent's
     sweep sees the run it started; otherwise a new one. A resumed run keeps the id saved in its checkpoint."""
     return os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8]
-
-
-def agent_run_dir() -> Path | None:
-    """Under a W&B sweep agent, `runs/sweep-<sweep id>/<run id>`: the agent's command line names no run
-    directory, and one fixed per run lets `--resume=auto` continue a run the controller hands out again."""
-    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
-        return Path("runs") / f"sweep-{os.environ['WANDB_SWEEP_ID']}" / os.environ["WANDB_RUN_ID"]
-    return None
 
 
 def _has_wandb_key() -> bool:
@@ -88,28 +87,25 @@ def abandon_wandb() -> None:
 class Tracker:
     """The run's writer: call on every process; everything but the return values is main-process only."""
 
-    def __init__(self, accelerator: Accelerator, cfg: Config, out_dir: Path, run_id: str) -> None:
-        self.accelerator, self.out_dir = accelerator, out_dir
+    def __init__(self, accelerator: Accelerator, cfg: Config, run_dir: RunDir, run_id: str) -> None:
+        self.accelerator, self.run_dir = accelerator, run_dir
         self.mode = wandb_mode(cfg)
         self.use_wandb = self.mode != "disabled"
         if not accelerator.is_main_process:
             return
         try:
-            (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+            run_dir.samples.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # a file named samples, a full disk
-            raise ConfigError(
-                f"{out_dir / 'samples'}: {err.strerror}; make it a writable folder (or free space)"
-            ) from None
-        self.metrics_file = out_dir / "metrics.jsonl"
+            raise ConfigError(f"{run_dir.samples}: {err.strerror}; make it a writable folder (or free space)") from None
         if self.use_wandb:
             import wandb
 
             # W&B writes its `.wandb` file every 15 s by default: a SIGKILL loses what came since (a resume restores the
-            # epoch rows: rundir.wandb_epochs); 1 s keeps the per-step loss points of all but the last second.
+            # epoch rows: `wandb_epochs`); 1 s keeps the per-step loss points of all but the last second.
             settings = {"x_transaction_log_flush_interval": WANDB_FLUSH_S}
             if "WANDB_INIT_TIMEOUT" not in os.environ:  # W&B's own default waits 90 s for an unreachable server
                 settings["init_timeout"] = WANDB_INIT_TIMEOUT_S
-            init = {"dir": str(out_dir), "id": run_id, "resume": "allow", "settings": wandb.Settings(**settings)}
+            init = {"dir": str(run_dir.path), "id": run_id, "resume": "allow", "settings": wandb.Settings(**settings)}
             if cfg.wandb.name:
                 init["name"] = cfg.wandb.name
             if cfg.wandb.entity:
@@ -120,7 +116,7 @@ class Tracker:
             project = project or cfg.wandb.project  # an agent's runs belong to its sweep's project
             self._start(project, cfg, init)
             if self.use_wandb:
-                console.print(f"W&B run {run_id} ({self.mode}), files in {out_dir / 'wandb'}")
+                console.print(f"W&B run {run_id} ({self.mode}), files in {run_dir.wandb}")
 
     def _start(self, project: str, cfg: Config, init: dict[str, Any]) -> None:
         """Start the W&B run. W&B failing never stops training, from this first call on: a server that does not
@@ -171,7 +167,7 @@ class Tracker:
             return
         self._to_wandb(lambda: self.run.log({"epoch": epoch, **metrics}, step=step, commit=True))
         inject("after_log", epoch, True)
-        append_line(self.metrics_file, json.dumps({"epoch": epoch, "step": step, **metrics}))
+        append_line(self.run_dir.metrics, json.dumps({"epoch": epoch, "step": step, **metrics}))
         table = Table(title=f"epoch {epoch}")
         shown = [(title, key) for title, key in TABLE_COLUMNS if key in metrics]
         for title, _ in shown:
@@ -180,7 +176,7 @@ class Tracker:
         console.print(table)
 
     def restore_epochs(self, rows: list[dict[str, Any]], step: int, step_values: dict[str, float]) -> None:
-        """After a kill: log the metrics.jsonl rows that no W&B segment of the run holds (`repair_after_kill`), each
+        """After a kill: log the metrics.jsonl rows that no W&B segment of the run holds (`rows_wandb_lacks`), each
         at its own step, oldest first, before this segment logs anything; the checkpoint's step (`step`) also gets
         its own values (loss, lr), which the kill lost with the row."""
 
@@ -198,7 +194,7 @@ class Tracker:
         if not self.accelerator.is_main_process or not rows:
             return
         grid = stack(rows)
-        write_atomically(self.out_dir / "samples" / f"epoch_{epoch:04d}.png", PIL.Image.fromarray(grid).save)
+        write_atomically(self.run_dir.samples / f"epoch_{epoch:04d}.png", PIL.Image.fromarray(grid).save)
         if self.use_wandb:
             import wandb
 
@@ -220,6 +216,76 @@ class Tracker:
         self._to_wandb(finish_all)
         if self.use_wandb and self.mode == "offline":
             console.print(
-                f"W&B ran offline; upload later with: wandb sync {self.out_dir / 'wandb'}/offline-run-*",
+                f"W&B ran offline; upload later with: wandb sync {self.run_dir.wandb}/offline-run-*",
                 soft_wrap=True,
             )
+
+
+def only_wandb_run(run: RunDir) -> str:
+    """The id of the one W&B run in the run directory ('' for none or several). A run started over keeps it: the
+    attempt that died logged the same first steps (same seed), so W&B shows one run, not an orphan beside it."""
+    ids = {p.name.rsplit("-", 1)[1] for p in run.wandb.glob("*run-*") if p.is_dir()}
+    return ids.pop() if len(ids) == 1 else ""
+
+
+def rows_wandb_lacks(run: RunDir, run_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metrics rows (with their `step`) that no W&B segment of run `run_id` holds: a resume logs them."""
+    logged = wandb_epochs(run, run_id) if rows else set()
+    return [r for r in rows if r["epoch"] not in logged and "step" in r]
+
+
+def _held_open(files: list[Path]) -> bool:
+    """Whether some process has one of `files` open (Linux's /proc; elsewhere nothing is found)."""
+    targets = {str(f.resolve()) for f in files}
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with suppress(OSError):
+            if os.readlink(fd) in targets:
+                return True
+    return False
+
+
+def _epochs_in(segment: Path) -> list[int] | None:
+    """The epochs whose row a W&B segment's `.wandb` file holds, read by W&B's own reader (a killed segment's
+    file is read up to its last whole record); None, with a warning, when the reader fails."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(segment)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+            env={**os.environ, "WANDB_MODE": "offline"},  # a local file: nothing to report to a server
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        reason = (getattr(err, "stderr", "") or "").strip().splitlines()[-1:] or [str(err)]
+        console.print(
+            f"[bold yellow]warning:[/] W&B cannot read {segment} ({reason[0]}); the epochs it may hold are logged "
+            "again, so W&B may show some twice (metrics.jsonl has each once)"
+        )
+        return None
+    items = (json.loads(line).get("history", {}).get("item", {}) for line in proc.stdout.splitlines())
+    return sorted({int(item["epoch"]) for item in items if "epoch" in item})
+
+
+def wandb_epochs(run: RunDir, run_id: str) -> set[int]:
+    """The epochs whose row some W&B segment of run `run_id` holds (call before this segment's W&B run starts).
+    A killed trainer's W&B service may still hold its file open, and write rows it buffered, until it notices
+    the death (about a second): wait until no process has a segment's file open, so that what is read is final.
+    Each finished segment is read once (about 1 s); what it holds is kept in `wandb/srtrain-epochs.json`."""
+    wandb_dir = run.wandb
+    segments = sorted(p for p in wandb_dir.glob(f"*run-*-{run_id}") if p.is_dir() and any(p.glob("*.wandb")))
+    cache_file = wandb_dir / WANDB_EPOCHS
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    new = [s for s in segments if s.name not in cache]
+    files = [f for s in new for f in s.glob("*.wandb")]
+    deadline = time.monotonic() + WRITER_WAIT_S
+    while held := _held_open(files):
+        if time.monotonic() > deadline:
+            console.print(f"[bold yellow]warning:[/] a process still writes {files}; W&B may hold an epoch twice")
+            break
+        time.sleep(0.1)
+    read = {segment.name: _epochs_in(segment) for segment in new}
+    if new and not held:  # final: never read again (an unreadable segment is tried again at the next resume)
+        cache |= {name: epochs for name, epochs in read.items() if epochs is not None}
+        write_text_atomically(cache_file, json.dumps(cache, indent=1))
+    return {e for epochs in (cache | read).values() for e in epochs or []}

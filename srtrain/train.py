@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
-from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
+from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import broadcast_object_list, set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
@@ -35,12 +34,13 @@ from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, Va
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.files import first_line, write_text_atomically
+from srtrain.launch import make_accelerator
 from srtrain.models import build_model
 from srtrain.models.profile import trainable_parameters
 from srtrain.models.weights import load_model_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
 from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume, Stopper
-from srtrain.tracking import Tracker, console, new_run_id, wandb_mode
+from srtrain.tracking import Tracker, console, new_run_id, only_wandb_run, rows_wandb_lacks, wandb_mode
 from srtrain.visual import sample_grid
 
 
@@ -84,55 +84,6 @@ def checked_model(cfg: Config) -> torch.nn.Module:
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model '{cfg.model.name}' has no parameters to train; pick a trainable --model")
     return model.train()
-
-
-LAUNCH_HELP = (
-    "launch several processes with `accelerate launch --multi_gpu --num_processes N srtrain/main.py` "
-    "(several nodes: add --num_machines, --machine_rank, --main_process_ip, --main_process_port; "
-    "on CPU-only machines also export ACCELERATE_USE_CPU=1), or run one process without WORLD_SIZE set"
-)
-
-
-def check_launch(accelerator: Accelerator) -> None:
-    """Refuse a launch where the environment promises several processes but accelerate runs one: every
-    copy would silently train alone on all the data and write the same files."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and accelerator.num_processes == 1:
-        raise ConfigError(f"WORLD_SIZE={world} but accelerate sees 1 process: {LAUNCH_HELP}")
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    """The Accelerator for this job; refuses launches that would silently run the wrong way."""
-    use_cpu = not torch.cuda.is_available()
-    if cfg.mixed_precision == "fp16" and use_cpu:
-        raise ConfigError("mixed_precision=fp16 needs a GPU; on CPU use --mixed_precision=bf16 or no")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" not in os.environ:
-        raise ConfigError(
-            f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but no distributed launcher started us: {LAUNCH_HELP}"
-        )
-    accelerator = Accelerator(
-        cpu=use_cpu,
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum,
-        log_with="wandb",
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    check_launch(accelerator)
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch`'s default is "no"
-    if launched not in ("no", cfg.mixed_precision) and accelerator.is_main_process:
-        console.print(
-            f"[yellow]accelerate launch --mixed_precision={launched} is ignored: the job's "
-            f"mixed_precision={cfg.mixed_precision} decides (set --mixed_precision={launched} in the job instead)"
-        )
-    if use_cpu:
-        # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which leaves all but one core
-        # idle; share the cores among this node's processes instead (or take --cpu_threads as given).
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        cores = os.cpu_count() or 1
-        if cfg.cpu_threads > cores and accelerator.is_main_process:  # more threads than cores only slows down
-            console.print(f"[bold yellow]note:[/] cpu_threads={cfg.cpu_threads} capped to this machine's {cores} cores")
-        torch.set_num_threads(min(cfg.cpu_threads, cores) or max(1, cores // local_processes))
-    return accelerator
 
 
 def training_forward(model: torch.nn.Module, cfg: Config, accelerator: Accelerator) -> Callable[..., torch.Tensor]:
@@ -310,7 +261,7 @@ def finish_step(job: Job, window: torch.Tensor) -> float:
 
 def fixes(job: Job) -> str:
     """What to change after a diverged step, and where the last good checkpoint is."""
-    cfg, last = job.cfg, job.run.path / "checkpoints" / "last"
+    cfg, last = job.cfg, job.run.last
     changes = [
         f"lower --lr (now {cfg.lr})",
         f"lower --grad_clip (now {cfg.grad_clip})" if cfg.grad_clip else "set --grad_clip",
@@ -328,10 +279,10 @@ def save_last(job: Job) -> None:
     """Checkpoint this step to `checkpoints/last` (every process calls: the replicas are compared first)."""
     check_in_sync(job.model, job.accelerator)
     job.saved_at_s = job.state.train_seconds
-    plain = job.accelerator.unwrap_model(job.model)
-    last = job.run.path / "checkpoints" / "last"
-    scaler = job.accelerator.scaler
-    on_main(job.accelerator, lambda: save_checkpoint(last, plain, job.optimizer, job.state, job.config_yaml, scaler))
+    plain, scaler = job.accelerator.unwrap_model(job.model), job.accelerator.scaler
+    on_main(
+        job.accelerator, lambda: save_checkpoint(job.run.last, plain, job.optimizer, job.state, job.config_yaml, scaler)
+    )
 
 
 def checkpoint_due(job: Job) -> bool:
@@ -389,7 +340,7 @@ def close_epoch(job: Job, epoch: int, row: dict[str, float]) -> dict[str, float]
             best_psnr_y=state.best_psnr_y, best_epoch=state.best_epoch, bicubic_psnr_y=job.bicubic_psnr_y
         )
         if improved:
-            copy_checkpoint(job.run.path / "checkpoints" / "last", job.run.path / "checkpoints" / "best")
+            copy_checkpoint(job.run.last, job.run.best)
 
     on_main(acc, publish)
     return row
@@ -397,7 +348,7 @@ def close_epoch(job: Job, epoch: int, row: dict[str, float]) -> dict[str, float]
 
 def stop_message(job: Job) -> str:
     state = job.state
-    saved = f"checkpoint {job.run.path / 'checkpoints' / 'last'}" if state.step else "nothing trained yet"
+    saved = f"checkpoint {job.run.last}" if state.step else "nothing trained yet"
     return (
         f"stopped by {job.stopper.cause() or 'a signal to another process'} at step {state.step} (epoch "
         f"{state.epoch + 1}, batch {state.batches_done}); {saved}; continue with --resume=auto"
@@ -410,7 +361,7 @@ def stop_to_resume(job: Job) -> None:
     state = job.state
     if state.batches_done:
         save_last(job)
-    on_main(job.accelerator, lambda: job.stopper.write_marker(job.run.path, state.step, state.epoch))
+    on_main(job.accelerator, lambda: job.stopper.write_marker(job.run.stopped, state.step, state.epoch))
     job.tracker.finish()
     raise StoppedToResume(stop_message(job))
 
@@ -424,9 +375,8 @@ def save_to_resume(job: Job) -> int:
     try:
         if state.batches_done:
             plain = job.accelerator.unwrap_model(job.model)
-            last = job.run.path / "checkpoints" / "last"
-            save_checkpoint(last, plain, job.optimizer, state, job.config_yaml, job.accelerator.scaler)
-        job.stopper.write_marker(job.run.path, state.step, state.epoch)
+            save_checkpoint(job.run.last, plain, job.optimizer, state, job.config_yaml, job.accelerator.scaler)
+        job.stopper.write_marker(job.run.stopped, state.step, state.epoch)
     except (CheckpointError, OSError) as err:
         line, status = f"error: {err}", 1
     with suppress(OSError):  # a closed stderr must not turn a saved stop into a failure
@@ -450,7 +400,7 @@ def progress_bar(epoch: int, cfg: Config, main: bool) -> Progress:
 def start_job(cfg: Config) -> Job:
     """Everything before the first step: launch checks, model, data, then the run directory (new, or resumed from
     its checkpoint), optimizer, tracker, and the bicubic baseline every epoch is compared with."""
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum, cfg.cpu_threads, tracking=True)
     stopper = Stopper(cfg.time_budget_min * 60)
     stopper.install()
     set_seed(cfg.seed)
@@ -508,13 +458,22 @@ def claimed_job(
     if run.ckpt is not None:
         state = load_checkpoint(run.ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
     if not run.continues:  # a new run, also from another run's checkpoint: a new W&B run (or the one started over)
-        state.wandb_run_id = run.wandb_run_id or new_run_id()
-    config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    lost_rows: list[dict[str, float]] = []
+        state.wandb_run_id = (only_wandb_run(run) if run.started_over else "") or new_run_id()
+    config_yaml = cfg.to_yaml()
+    lost_rows: list[dict[str, float]] = []  # metrics rows a kill kept from W&B: logged again
     if main and run.continues:
-        lost_rows = repair_after_kill(run, state, wandb_mode(cfg) != "disabled")
+        rows, damaged = repair_after_kill(run, state)
+        if damaged:
+            console.print(
+                f"[bold yellow]warning:[/] {run.metrics}: line(s) {damaged} are not whole rows (a write cut off by a "
+                "full disk or a kill); rewritten without them (the checkpoint's own epoch row is kept)"
+            )
+        if wandb_mode(cfg) != "disabled":
+            lost_rows = rows_wandb_lacks(run, state.wandb_run_id, rows)
     elif main:
-        write_text_atomically(run.path / "config.yaml", config_yaml)
+        if run.started_over:
+            console.print(f"[bold yellow]note:[/] {run.path} has no checkpoint yet: the run starts over there")
+        write_text_atomically(run.config, config_yaml)
     done = [run.continues and finished(cfg, state) and not lost_rows]  # (W&B rows to restore: a segment for them)
     broadcast_object_list(done)
     if done[0]:
@@ -528,7 +487,7 @@ def claimed_job(
             f"checkpoint's run had {state.epoch_batches}: epochs and the learning-rate schedule change from here"
         )
     state.epoch_batches = len(train_loader)
-    tracker = Tracker(accelerator, cfg, run.path, state.wandb_run_id)
+    tracker = Tracker(accelerator, cfg, run, state.wandb_run_id)
     tracker.restore_epochs(lost_rows, state.step, state.step_values)
     stopper.update(False, state.train_seconds)
     state.global_batch = global_batch
@@ -596,7 +555,7 @@ def finish_job(job: Job, last: dict[str, float]) -> dict[str, float]:
         console.print(
             f"[bold]done[/]: final val PSNR-Y {final:.2f} dB vs bicubic {job.bicubic_psnr_y:.2f} dB "
             f"({final - job.bicubic_psnr_y:+.2f} dB); best {state.best_psnr_y:.2f} dB at epoch {state.best_epoch}; "
-            f"{same}checkpoints in {job.run.path / 'checkpoints'}"
+            f"{same}checkpoints in {job.run.checkpoints}"
         )
     return {
         "best_psnr_y": state.best_psnr_y,

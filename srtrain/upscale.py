@@ -8,7 +8,6 @@ alpha by MATLAB bicubic. Outputs are planned before any compute, so an existing 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import glob
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from srtrain.degradation import imresize
 from srtrain.evaluation import super_resolve
 from srtrain.files import write_atomically
 from srtrain.metrics import quantize
+from srtrain.precision import autocast
 
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 MODES = {"RGB": "RGB", "RGBA": "RGBA", "L": "L", "LA": "LA", "P": "RGB", "1": "L", "CMYK": "RGB"}  # input -> output
@@ -92,7 +92,13 @@ def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def upscale_image(
-    model: nn.Module, image: PIL.Image.Image, scale: int, tile: int, overlap: int, device: torch.device, bf16: bool
+    model: nn.Module,
+    image: PIL.Image.Image,
+    scale: int,
+    tile: int,
+    overlap: int,
+    device: torch.device,
+    precision: str = "no",
 ) -> PIL.Image.Image:
     """The SR image in the input's mode: colour (or gray) through the model, alpha by bicubic."""
     mode = "RGBA" if image.mode == "P" and "transparency" in image.info else MODES.get(image.mode)
@@ -100,8 +106,7 @@ def upscale_image(
         raise UpscaleError(f"image mode {image.mode} is not supported ({', '.join(MODES)} are)")
     pixels = np.asarray(image.convert(mode))
     color, alpha = (pixels[..., :-1], pixels[..., -1]) if mode in ("RGBA", "LA") else (pixels, None)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(precision, device):
         sr = super_resolve(model, _to_tensor(color, device), scale, tile, overlap)
     channels = [quantize(sr)[0]]
     if alpha is not None:
@@ -111,7 +116,13 @@ def upscale_image(
 
 
 def run(
-    model: nn.Module, jobs: list[Job], scale: int, tile: int, overlap: int, device: torch.device, bf16: bool = False
+    model: nn.Module,
+    jobs: list[Job],
+    scale: int,
+    tile: int,
+    overlap: int,
+    device: torch.device,
+    precision: str = "no",
 ) -> list[tuple[Path, str]]:
     """Upscale every job with a progress bar; a file that fails is reported and skipped. Returns the failures."""
     failures: list[tuple[Path, str]] = []
@@ -125,7 +136,7 @@ def run(
                 with PIL.Image.open(job.source) as image:
                     image.load()
                     fmt = image.format
-                    sr = upscale_image(model, image, scale, tile, overlap, device, bf16)
+                    sr = upscale_image(model, image, scale, tile, overlap, device, precision)
                 job.target.parent.mkdir(parents=True, exist_ok=True)
                 write_atomically(job.target, functools.partial(sr.save, format=fmt, **SAVE_OPTIONS.get(fmt, {})))
             except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, UpscaleError) as err:

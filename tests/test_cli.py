@@ -46,7 +46,7 @@ def test_a_mistyped_command_is_named_with_the_nearest_one(capsys) -> None:
 
 END_PROCESS = """
 import atexit, sys
-from srtrain.cli import end_process
+from srtrain.launch import end_process
 atexit.register(print, "exit handler")
 sys.stdout.write("buffered, ")
 end_process(3)
@@ -58,7 +58,7 @@ end_process(3)
 # an active exception": a worker thread wanting the GIL while the interpreter finalizes); with end_process, none.
 GLOO_WORKER = """
 import os, torch, torch.distributed as dist
-from srtrain.cli import end_process
+from srtrain.launch import end_process
 dist.init_process_group("gloo")
 works = [dist.all_reduce(torch.ones(64), async_op=True) for _ in range(2000)]
 works[100].wait()

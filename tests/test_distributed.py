@@ -32,7 +32,7 @@ SCRIPT = """
 import json, sys, zlib
 from pathlib import Path
 from accelerate import Accelerator
-from srtrain.cli import close_process_group, end_process
+from srtrain.launch import close_process_group, end_process
 from srtrain.config import load_config
 from srtrain.data import training_pair
 from srtrain.train import make_train_loader

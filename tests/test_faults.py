@@ -27,8 +27,9 @@ from test_train import metrics, tiny_job, wandb_history
 
 from srtrain.checkpoint import checkpoint_problem, read_state
 from srtrain.faults import READY_FILE
-from srtrain.rundir import WANDB_EPOCHS, wandb_epochs
-from srtrain.stopping import EXIT_RESUMABLE, STOPPED_FILE
+from srtrain.rundir import RunDir
+from srtrain.stopping import EXIT_RESUMABLE
+from srtrain.tracking import WANDB_EPOCHS, wandb_epochs
 
 pytestmark = needs_data
 MAIN = str(ROOT / "srtrain" / "main.py")
@@ -138,14 +139,14 @@ def test_signal_stop_and_requeue_through_the_launcher(reference, photo_folder, t
     assert launcher.wait(timeout=60) == launcher_status(1, sig)
     wait_gone(worker)
     assert "srtrain: stopped by SIGTERM at step 3 (epoch 1, batch 3)" in launcher.stderr.read()
-    stopped = json.loads((out / STOPPED_FILE).read_text())
+    stopped = json.loads(RunDir(out).stopped.read_text())
     assert stopped["exit_code"] == EXIT_RESUMABLE and stopped["signal"] == "SIGTERM" and stopped["step"] == 3
     assert stopped["epochs_done"] == 0  # stopped in epoch 1
     state = read_state(out / "checkpoints" / "last")
     assert (state.step, state.batches_done) == (3, 3)
     proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (out / STOPPED_FILE).exists()
+    assert not RunDir(out).stopped.exists()
     assert_identical(out, reference)
 
 
@@ -163,12 +164,12 @@ def test_a_save_slower_than_the_launchers_grace_still_completes(reference, photo
         time.sleep(0.1)
     saver = int(ready.read_text())
     assert launcher.wait(timeout=60) == launcher_status(1, signal.SIGTERM)
-    assert Path(f"/proc/{saver}").exists() and not (out / STOPPED_FILE).exists()  # the save outlived the launcher
+    assert Path(f"/proc/{saver}").exists() and not RunDir(out).stopped.exists()  # the save outlived the launcher
     ready.unlink()
     wait_gone(saver)
     wait_gone(trainer)
     assert "srtrain: stopped by SIGTERM at step 3 (epoch 1, batch 3)" in launcher.stderr.read()
-    assert json.loads((out / STOPPED_FILE).read_text())["step"] == 3
+    assert json.loads(RunDir(out).stopped.read_text())["step"] == 3
     assert read_state(out / "checkpoints" / "last").step == 3
     proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -207,7 +208,7 @@ def test_two_processes_stop_together_on_a_signal(reference, photo_folder, tmp_pa
     wait_gone(worker)
     stopped = f"srtrain: stopped by {signal.Signals(sig).name} at step 5"
     assert launcher.stderr.read().count(stopped) == 2  # both ranks, 75 each
-    assert json.loads((out / STOPPED_FILE).read_text())["step"] == 5
+    assert json.loads(RunDir(out).stopped.read_text())["step"] == 5
     assert read_state(out / "checkpoints" / "last").step == 5
     env = {**os.environ, "WANDB_MODE": "disabled", "ACCELERATE_USE_CPU": "1", "SRTRAIN_FAULT": ""}
     cmd = [*accelerate_launch(2), MAIN, *args, "--resume=auto"]
@@ -284,7 +285,7 @@ def test_when_slurm_stops_w_b_too_training_still_saves_its_step(reference, photo
     stdout, stderr = trainer.communicate(timeout=120)
     assert trainer.returncode == EXIT_RESUMABLE, stderr[-3000:]
     assert "warning: W&B failed" in stdout and "training goes on" in stdout
-    assert json.loads((out / STOPPED_FILE).read_text())["step"] == 3
+    assert json.loads(RunDir(out).stopped.read_text())["step"] == 3
     proc = srtrain(job(photo_folder, out, "--resume=auto"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_identical(out, reference)
@@ -306,7 +307,7 @@ def test_a_warning_signal_after_training_is_done_is_ignored(photo_folder, tmp_pa
     (tmp_path / READY_FILE).unlink()
     _, stderr = trainer.communicate(timeout=120)
     assert trainer.returncode == 0, stderr[-3000:]
-    assert not (out / STOPPED_FILE).exists() and [r["epoch"] for r in metrics(out)] == [1]
+    assert not RunDir(out).stopped.exists() and [r["epoch"] for r in metrics(out)] == [1]
 
 
 def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(reference, photo_folder, tmp_path):
@@ -486,7 +487,7 @@ def test_an_unreadable_wandb_segment_does_not_block_the_resume(tmp_path, capsys)
     segment = tmp_path / "wandb" / "offline-run-20260101_000000-abc"
     segment.mkdir(parents=True)
     (segment / "run-abc.wandb").write_bytes(random.Random(0).randbytes(3000))
-    assert wandb_epochs(tmp_path, "abc") == set()
+    assert wandb_epochs(RunDir(tmp_path), "abc") == set()
     assert f"W&B cannot read {segment}" in " ".join(capsys.readouterr().out.split())
     assert json.loads((tmp_path / "wandb" / WANDB_EPOCHS).read_text()) == {}
 

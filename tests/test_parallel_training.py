@@ -68,7 +68,7 @@ def test_only_the_main_process_writes(pair):
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
     assert len(list((out / "samples").iterdir())) == 2
     (wandb_run,) = (out / "wandb").glob("offline-run-*")
-    records = wandb_records(wandb_run)  # finished before the process ended (srtrain.cli.end_process)
+    records = wandb_records(wandb_run)  # finished before the process ended (srtrain.launch.end_process)
     rows = [r["history"]["item"] for r in records if r.get("type") == "history"]
     assert [h["epoch"] for h in rows if "psnr_y" in h] == [1, 2]
     assert [r["exit"]["exit_code"] for r in records if r.get("type") == "exit"] == [0]
@@ -118,7 +118,7 @@ def test_a_launch_that_would_run_copies_is_refused(tmp_path, photo_folder):
     # ../shared/notes/platform-facts.md): the guard must stop each of them.
     script = tmp_path / "guard.py"
     script.write_text(
-        "from accelerate import Accelerator\nfrom srtrain.train import check_launch\ncheck_launch(Accelerator())\n"
+        "from accelerate import Accelerator\nfrom srtrain.launch import check_launch\ncheck_launch(Accelerator())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     proc = subprocess.run(

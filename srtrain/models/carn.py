@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from srtrain.models.edsr import DIV2K_RGB_MEAN
-from srtrain.models.registry import register
+from srtrain.models.registry import SCALES, register
 
 
 class MeanShift(nn.Module):
@@ -112,7 +112,7 @@ class CARN(Cascade):
     branch_prefix = "upsample.up"  # a multi-scale weight file fills `upsample.up{scale}` (models/weights.py)
 
     def __init__(self, scale: int, mobile: bool = False, channels: int = 64) -> None:
-        if scale not in (2, 3, 4):
+        if scale not in SCALES:
             raise ValueError(f"carn has upsamplers for x2, x3 and x4, not x{scale}")
         groups = 4 if mobile else 1
         super().__init__(channels, [Block(channels, groups) for _ in range(3)])

@@ -9,9 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from srtrain.models.registry import available_models, build_model, weights_free_options
-
-SCALES = (2, 3, 4)
+from srtrain.models.registry import SCALES, available_models, build_model, weights_free_options
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 Builder = Callable[..., nn.Module]
+SCALES = (2, 3, 4)  # the upscale factors srtrain trains and scores; every model of the zoo builds for each
 _REGISTRY: dict[str, Builder] = {}
 
 

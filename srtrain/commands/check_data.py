@@ -9,24 +9,33 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
+from srtrain.commands.common import error, parse
 from srtrain.config import DataConfig
-from srtrain.data import load_images
+from srtrain.data import DataError, load_images
+from srtrain.models import SCALES
 
 
-def check_data_main(argv: list[str]) -> int:
-    """Exit 0 when every image is usable, 1 when some are not (listed), 2 when the source cannot be opened."""
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="srtrain check-data", description="Scan a data source as training would.")
     p.add_argument("source", help="HR folder, HR_DIR,LR_DIR pair, .parquet/.arrow, save_to_disk folder or Hub id")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=4)
+    p.add_argument("--scale", type=int, choices=SCALES, default=4)
     p.add_argument("--patch_size", type=int, default=96, help="HR patch side: smaller images are unusable")
     p.add_argument("--split", default="train")
-    p.add_argument("--hr-column", default="hr")
-    p.add_argument("--lr-column", default="lr")
-    args = p.parse_args(argv)
+    p.add_argument("--hr_column", default="hr")
+    p.add_argument("--lr_column", default="lr")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Exit 0 when every image is usable, 1 when some are not (listed), 2 when the source cannot be opened."""
+    args = parse(parser(), argv)
     cfg = DataConfig(train=args.source, train_split=args.split, hr_column=args.hr_column, lr_column=args.lr_column)
-    images = load_images(cfg, "train")
-    bad = dict(images.problems(args.scale, args.patch_size, "lower --patch_size or remove it"))
-    modes = Counter(images.mode(i) for i in range(len(images)) if i not in bad)
+    try:
+        images = load_images(cfg, "train")
+        bad = dict(images.problems(args.scale, args.patch_size, "lower --patch_size or remove it"))
+        modes = Counter(images.mode(i) for i in range(len(images)) if i not in bad)
+    except DataError as err:
+        return error(err)
     console = Console(width=160)
     summary = Table(title=f"srtrain check-data {args.source} (x{args.scale}, patch {args.patch_size})")
     for column in ("images", "usable", "bad", "modes of the usable (all become 8-bit RGB)"):
