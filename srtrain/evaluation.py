@@ -86,7 +86,7 @@ def evaluate(
     """Per-image `index`, `loss` (with a loss function) and scores over the whole sharded loader,
     gathered on every process in image order.
 
-    The model runs in the caller's precision (training validates in float32; `srtrain eval --mixed-precision`
+    The model runs in the caller's precision (training validates in float32; `srtrain eval --mixed_precision`
     runs this under autocast); its float32 output is scored in float64 after rounding to uint8, as the SR
     literature scores saved images.
     """

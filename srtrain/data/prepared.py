@@ -93,7 +93,7 @@ def _open_hr(settings: PrepareSettings) -> datasets.Dataset:
     if not isinstance(ds, datasets.Dataset) or settings.hr_column not in ds.column_names:
         raise DataError(
             f"'{settings.source}' has no HR column '{settings.hr_column}' (columns: {ds.column_names}); "
-            "pass --hr-column NAME"
+            "pass --hr_column NAME"
         )
     return ds.cast_column(settings.hr_column, datasets.Image(decode=False))
 
