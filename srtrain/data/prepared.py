@@ -5,7 +5,7 @@ of every image in every process (`data.cache=true`, 8 copies on an 8-GPU node). 
 the page cache instead, so the processes on a node share one copy and nothing is decoded while training.
 
 OUT holds `shard-NNNNN.arrow` (Arrow IPC streams, `IMAGES_PER_SHARD` source images each) and `MANIFEST` (the
-settings and, per finished shard, its image and tile counts and SHA-256). A shard is written to a temporary
+settings and, per finished shard, its image and tile counts, size and SHA-256). A shard is written to a temporary
 name and renamed when complete, so an interrupted run resumes after its finished shards when rerun with the
 same settings. Columns: `name` (`image.png@y,x`), `channels`, `height`, `width`, `hr` (CHW uint8 bytes) and,
 per scale `s`, `lr_xs`: the MATLAB-exact bicubic LR of the whole image, cut at the tile's place.
@@ -31,7 +31,8 @@ import torch
 
 from srtrain.data.images import DataError, decode_image, example_name, good_rows
 from srtrain.degradation import imresize, modcrop
-from srtrain.files import sha256, write_text_atomically
+from srtrain.files import write_text_atomically
+from srtrain.manifest import file_entry, file_problem
 
 MANIFEST = "srtrain_prepared.json"
 IMAGES_PER_SHARD = 8  # about 250 MB of tiles per shard for 2K images at the default tile and stride
@@ -114,7 +115,7 @@ def _write_shard(settings: PrepareSettings, shard: int, path: Path) -> dict[str,
             writer.write_table(table)
             tiles += len(table)
     os.replace(tmp, path)
-    return {"file": path.name, "images": len(indices), "tiles": tiles, "sha256": sha256(path)}
+    return {"file": path.name, "images": len(indices), "tiles": tiles, **file_entry(path)}
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:
@@ -214,7 +215,7 @@ def verify_prepared(out: Path) -> dict[str, Any]:
         fix = f"delete it and rerun `srtrain prepare {settings['source']} {out}` with the same settings"
         if not path.exists():
             raise DataError(f"shard {key} of '{out}' ({path.name}) is missing; rerun srtrain prepare to remake it")
-        if sha256(path) != entry["sha256"] or len(datasets.Dataset.from_file(str(path))) != entry["tiles"]:
+        if file_problem(path, entry) or len(datasets.Dataset.from_file(str(path))) != entry["tiles"]:
             raise DataError(f"shard {path} is damaged (its checksum or tile count differs from {MANIFEST}); {fix}")
     return manifest
 
