@@ -419,7 +419,8 @@ def prepare_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from srtrain.data.prepared import load_prepared, prepare
+    from srtrain.data.prepare import prepare
+    from srtrain.data.prepared import load_prepared
 
     try:
         scales = tuple(int(s) for s in args.scales.split(",") if s.strip())

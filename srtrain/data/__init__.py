@@ -13,7 +13,8 @@ from srtrain.data.patches import (
     random_patch,
     training_pair,
 )
-from srtrain.data.prepared import PreparedImages, load_prepared, prepare, verify_prepared
+from srtrain.data.prepare import prepare
+from srtrain.data.prepared import PreparedImages, load_prepared, verify_prepared
 from srtrain.data.sources import data_root, load_images, load_source, missing_source, open_stream, resolve_path
 
 __all__ = [
