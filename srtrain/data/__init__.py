@@ -4,7 +4,7 @@
 them into training patches (map-style or streamed) and validation images.
 """
 
-from srtrain.data.images import DataError, ImageSet
+from srtrain.data.images import DataError, ImageSet, TrainImages
 from srtrain.data.patches import (
     StreamLoader,
     StreamPatches,
@@ -23,6 +23,7 @@ __all__ = [
     "PreparedImages",
     "StreamLoader",
     "StreamPatches",
+    "TrainImages",
     "TrainPatches",
     "ValImages",
     "data_root",

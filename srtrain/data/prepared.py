@@ -98,7 +98,7 @@ def _byte_spans(column: pa.ChunkedArray) -> tuple[list[np.ndarray], np.ndarray]:
 
 @dataclass
 class PreparedImages:
-    """The tiles of a prepared dataset with `ImageSet`'s interface: `hr`/`lr` copy a tile out of the mapped file,
+    """The tiles of a prepared dataset as `TrainImages`, like `ImageSet`: `hr`/`lr` copy a tile out of the mapped file,
     `arrays` gives views of it (training copies only the patch it cuts).
 
     `dataset` is as loaded (no `select`: its Arrow table is read directly); `rows` are the tiles in use when some
