@@ -1,6 +1,6 @@
 """Checksum manifests: each file's size and SHA-256, recorded once a folder is complete and checked before its
-files are trusted. A checkpoint's `manifest.json` is one whole; a prepared dataset records one per shard in its
-own manifest (`srtrain.data.prepared`)."""
+files are trusted. A checkpoint's `manifest.json` lists every file of its folder; a prepared dataset's manifest
+(`srtrain.data.prepared`) holds one such entry per shard among its other fields."""
 
 from __future__ import annotations
 
