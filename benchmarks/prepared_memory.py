@@ -90,7 +90,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, bool(args.cache), args.repeat)
-    from srtrain.data import prepare
+    from srtrain.data.prepare import prepare
 
     folder, prepared = args.work / "hr", args.work / "prepared"
     start = time.perf_counter()

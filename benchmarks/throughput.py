@@ -50,7 +50,8 @@ def make_data(work: Path) -> dict[str, str]:
     import torch
 
     from srtrain.config import DataConfig
-    from srtrain.data import load_images, prepare
+    from srtrain.data import load_images
+    from srtrain.data.prepare import prepare
     from srtrain.degradation import imresize, modcrop
 
     hr, lr, prepared = work / "hr", work / "lr", work / "prepared"

@@ -13,7 +13,6 @@ the TrainState, so no RNG or scheduler state is needed for an exact continuation
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from torch import nn
 
 from srtrain.config import CONFIG_FILE
 from srtrain.faults import inject
-from srtrain.files import first_line, fsync, remove, sha256
+from srtrain.files import first_line, fsync, remove
+from srtrain.manifest import manifest_problem, write_manifest
 from srtrain.models.weights import MODEL_FILE, load_model_weights
 
 STATE_FILE = "training_state.pt"
@@ -87,39 +87,9 @@ def _swap_in(tmp: Path, final: Path, keep_old: bool = False) -> None:
         shutil.rmtree(old)
 
 
-def _write_manifest(folder: Path) -> None:
-    """Fsync every file, then record sizes and checksums last: a folder with a matching manifest is complete."""
-    files = {}
-    for f in sorted(folder.iterdir()):
-        fsync(f)
-        files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256(f)}
-    manifest = folder / MANIFEST_FILE
-    manifest.write_text(json.dumps(files, indent=1))
-    fsync(manifest)
-
-
 def checkpoint_problem(path: Path) -> str:
     """What is wrong with checkpoint folder `path` ('' when its files match its manifest)."""
-    if not (path / MANIFEST_FILE).is_file():
-        return f"{path} has no {MANIFEST_FILE} (missing, or its write did not finish)"
-    try:
-        files = json.loads((path / MANIFEST_FILE).read_text())
-    except json.JSONDecodeError:
-        return f"{path / MANIFEST_FILE} is not valid JSON"
-    entry = {"bytes": int, "sha256": str}
-    if not isinstance(files, dict) or not all(
-        isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in entry.items()) for e in files.values()
-    ):
-        return f"{path / MANIFEST_FILE} is not a manifest (file names, each with its bytes and sha256)"
-    for name, expected in files.items():
-        f = path / name
-        if not f.is_file():
-            return f"{f} is missing"
-        if f.stat().st_size != expected["bytes"]:
-            return f"{f} has {f.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)"
-        if sha256(f) != expected["sha256"]:
-            return f"{f} does not match its checksum (corrupt)"
-    return ""
+    return manifest_problem(path, MANIFEST_FILE)
 
 
 def save_checkpoint(
@@ -150,7 +120,7 @@ def save_checkpoint(
             tmp / STATE_FILE,
         )
         (tmp / CONFIG_FILE).write_text(config_yaml)
-        _write_manifest(tmp)
+        write_manifest(tmp, MANIFEST_FILE)  # last: fsyncs every file, then records it
     except (OSError, SafetensorError, RuntimeError) as err:  # safetensors and torch's zip writer: their own errors
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(

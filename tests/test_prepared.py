@@ -10,8 +10,9 @@ import torch
 from conftest import DATA, ROOT, needs_data, read_rgb
 
 from srtrain.config import DataConfig
-from srtrain.data import DataError, PreparedImages, TrainPatches, ValImages, load_images, load_prepared, prepare
-from srtrain.data.prepared import MANIFEST, tile_starts, verify_prepared
+from srtrain.data import DataError, PreparedImages, TrainPatches, ValImages, load_images, load_prepared
+from srtrain.data.prepare import prepare, tile_starts
+from srtrain.data.prepared import MANIFEST, verify_prepared
 from srtrain.data.sources import DEFAULT_TRAIN
 from srtrain.degradation import imresize, modcrop
 

@@ -1,4 +1,4 @@
-"""`srtrain prepare SOURCE OUT`: cut HR images into memory-mapped Arrow tiles (srtrain.data.prepared) under a
+"""`srtrain prepare SOURCE OUT`: cut HR images into memory-mapped Arrow tiles (srtrain.data.prepare) under a
 progress bar, then print what was written and verified."""
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def main(argv: list[str]) -> int:
     args = parse(parser(), argv)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from srtrain.data.prepared import load_prepared, prepare
+    from srtrain.data.prepare import prepare
+    from srtrain.data.prepared import load_prepared
 
     try:
         scales = tuple(int(s) for s in args.scales.split(",") if s.strip())

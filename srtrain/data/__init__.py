@@ -1,10 +1,11 @@
 """HR/LR images through Hugging Face `datasets`, and the torch datasets that feed training and validation.
 
 `sources` opens a data source without decoding it, `images` checks and decodes its images, `patches` turns
-them into training patches (map-style or streamed) and validation images.
+them into training patches (map-style or streamed) and validation images; `prepared` reads the tiles that
+`prepare` (srtrain prepare) writes.
 """
 
-from srtrain.data.images import DataError, ImageSet
+from srtrain.data.images import DataError, ImageSet, TrainImages
 from srtrain.data.patches import (
     StreamLoader,
     StreamPatches,
@@ -13,7 +14,7 @@ from srtrain.data.patches import (
     random_patch,
     training_pair,
 )
-from srtrain.data.prepared import PreparedImages, load_prepared, prepare, verify_prepared
+from srtrain.data.prepared import PreparedImages, load_prepared, verify_prepared
 from srtrain.data.sources import data_root, load_images, load_source, missing_source, open_stream, resolve_path
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "PreparedImages",
     "StreamLoader",
     "StreamPatches",
+    "TrainImages",
     "TrainPatches",
     "ValImages",
     "data_root",
@@ -30,7 +32,6 @@ __all__ = [
     "load_source",
     "missing_source",
     "open_stream",
-    "prepare",
     "random_patch",
     "resolve_path",
     "training_pair",

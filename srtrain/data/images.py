@@ -1,4 +1,6 @@
-"""Image checks and decoding: headers are checked before training starts, pixels decoded on demand."""
+"""Image checks and decoding: headers are checked before training starts, pixels decoded on demand. Also
+`TrainImages`, what training reads from a set of images: `ImageSet` here, a prepared dataset's tiles in
+`srtrain.data.prepared`."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import datasets
 import numpy as np
@@ -98,6 +100,37 @@ def check_image(
                 f"LR image '{name}' in '{source}' is {got[0]}x{got[1]}, but HR {width}x{height} at "
                 f"x{scale} needs {want[0]}x{want[1]}; check --scale or the '{lr_column}' column"
             )
+
+
+class TrainImages(Protocol):
+    """A set of images read by index, as training, validation, `srtrain check-data` and `srtrain eval` read it:
+    whole images (`ImageSet`) or a prepared dataset's tiles (`PreparedImages`)."""
+
+    def __len__(self) -> int: ...
+
+    def name(self, i: int) -> str:
+        """What messages call image `i`."""
+
+    def mode(self, i: int) -> str:
+        """Image `i`'s PIL mode as stored ('RGB', 'L', 'I;16', ...)."""
+
+    def hr(self, i: int) -> torch.Tensor:
+        """Image `i` as uint8 CHW pixels."""
+
+    def lr(self, i: int) -> torch.Tensor | None:
+        """Its paired LR image, None unless the source pairs one."""
+
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """HR and LR as uint8 CHW arrays to cut patches from, not to write to."""
+
+    def problems(self, scale: int, min_hr: int, fix: str) -> list[tuple[int, str]]:
+        """(index, message) of every image unusable at `scale` with HR sides of at least `min_hr`."""
+
+    def check(self, scale: int, min_hr: int, fix: str) -> None:
+        """Fail before training, naming the first unusable image."""
+
+    def without_bad(self, scale: int, min_hr: int, fix: str, max_fraction: float) -> tuple[TrainImages, list[str]]:
+        """These images minus the unusable ones, and a message per image left out."""
 
 
 @dataclass

@@ -24,8 +24,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from srtrain.config import DataConfig
-from srtrain.data.images import DataError, ImageSet, check_image, decode_image, example_name
-from srtrain.data.prepared import PreparedImages
+from srtrain.data.images import DataError, TrainImages, check_image, decode_image, example_name
 from srtrain.data.sources import ID_COLUMN, open_stream
 from srtrain.degradation import imresize, modcrop
 
@@ -86,7 +85,7 @@ def training_pair(batch: dict[str, torch.Tensor], scale: int) -> dict[str, torch
 class TrainPatches(Dataset):
     """`repeat` random aligned uint8 (LR, HR) patches per image per epoch (HR only without paired LR)."""
 
-    def __init__(self, images: ImageSet | PreparedImages, scale: int, patch_size: int, repeat: int, seed: int) -> None:
+    def __init__(self, images: TrainImages, scale: int, patch_size: int, repeat: int, seed: int) -> None:
         self.images, self.scale, self.patch_size = images, scale, patch_size
         self.repeat, self.seed, self.epoch = repeat, seed, 0
 
@@ -240,7 +239,7 @@ class ValImages(Dataset):
     LR comes as float in [0, 1], the model's input; HR stays uint8, which is what the scores measure (no float
     copy to make and round back, a quarter of the bytes to move to the device)."""
 
-    def __init__(self, images: ImageSet | PreparedImages, scale: int) -> None:
+    def __init__(self, images: TrainImages, scale: int) -> None:
         self.images, self.scale = images, scale
 
     def __len__(self) -> int:

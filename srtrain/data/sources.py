@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 
 from srtrain.config import DataConfig
-from srtrain.data.images import DataError, ImageSet
+from srtrain.data.images import DataError, ImageSet, TrainImages
 from srtrain.data.prepared import MANIFEST, PreparedImages, is_prepared, load_prepared
 
 ID_COLUMN = "_srtrain_id"  # a streamed example's number in the source, given before shuffling and splitting
@@ -172,7 +172,7 @@ def image_columns(
     return ds, lr_column
 
 
-def load_images(cfg: DataConfig, role: Literal["train", "val"]) -> ImageSet | PreparedImages:
+def load_images(cfg: DataConfig, role: Literal["train", "val"]) -> TrainImages:
     """Open the train or val source named in the config and check its columns."""
     spec = cfg.train if role == "train" else cfg.val
     split = cfg.train_split if role == "train" else cfg.val_split
