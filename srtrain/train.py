@@ -30,7 +30,7 @@ from srtrain.checkpoint import (
     save_checkpoint,
 )
 from srtrain.config import Config, ConfigError
-from srtrain.data import ImageSet, StreamLoader, StreamPatches, TrainPatches, ValImages, load_images, training_pair
+from srtrain.data import StreamLoader, StreamPatches, TrainImages, TrainPatches, ValImages, load_images, training_pair
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.files import first_line, write_text_atomically
@@ -115,7 +115,7 @@ def check_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> None:
         raise RuntimeError(f"model replicas differ across processes (weight checksums {sums.tolist()})")
 
 
-def checked(images: ImageSet, cfg: Config, min_hr: int, fix: str, main: bool) -> ImageSet:
+def checked(images: TrainImages, cfg: Config, min_hr: int, fix: str, main: bool) -> TrainImages:
     """The images, refused before training if one is bad, or without the bad ones (`data.skip_bad`)."""
     if not cfg.data.skip_bad:
         images.check(cfg.scale, min_hr, fix)
@@ -424,7 +424,7 @@ def claimed_job(
     stopper: Stopper,
     model: torch.nn.Module,
     train_loader: DataLoader | StreamLoader,
-    val_images: ImageSet,
+    val_images: TrainImages,
     run: RunDir,
     global_batch: int,
 ) -> Job:
