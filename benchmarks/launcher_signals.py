@@ -86,7 +86,7 @@ def one(processes: int, sig: signal.Signals, pet: bool, hr: Path) -> str:
         gone_s, left = time.monotonic() - start, running_in(folder)
         out = folder / "run"
         marker = json.loads(RunDir(out).stopped.read_text()) if RunDir(out).stopped.exists() else {}
-        step = read_state(out / "checkpoints" / "last").step if (out / "checkpoints" / "last").exists() else "-"
+        step = read_state(RunDir(out).last).step if RunDir(out).last.exists() else "-"
         lines = (folder / "launcher.log").read_text().count("srtrain: stopped by")
         shown = 128 - status if status < 0 else status
         return (

@@ -16,8 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import torch
-import yaml
+from srtrain.checkpoint import read_state
+from srtrain.config import saved_config
+from srtrain.rundir import RunDir, read_metrics
 
 
 def run_job(job: Path, out: Path, extra: list[str]) -> float:
@@ -55,17 +56,17 @@ def main() -> None:
             evaluate(run, report)
             (args.out / f"{job.stem}.wall").write_text(f"{wall:.1f}")
         results = {r["dataset"]: r for r in json.loads(report.read_text())["results"]}
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        state = torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]
+        metrics, _ = read_metrics(RunDir(run).metrics)
+        cfg = saved_config(RunDir(run).config)
+        state = read_state(RunDir(run).last)
         rows.append(
             {
                 "job": str(job),
-                "model": config["model"]["name"],
+                "model": cfg.model.name,
                 "extra": " ".join(extras.get(job.stem, [])),
                 "train_minutes": metrics[-1]["train_minutes"],
                 "wall_minutes": float((args.out / f"{job.stem}.wall").read_text()) / 60,
-                "patches": state["step"] * config["batch_size"] * config["grad_accum"],
+                "patches": state.step * cfg.batch_size * cfg.grad_accum,
                 **{f"{k}_{s.lower()}": results[s][k] for s in ("Set5", "Set14") for k in ("psnr_y", "ssim_y")},
                 "eval_seconds": sum(r["seconds"] for r in results.values()),
             }

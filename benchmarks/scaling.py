@@ -10,7 +10,6 @@ Each variant trains the default job (ESPCN x4, 96x96 patches, batch 16 per proce
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import tempfile
@@ -29,7 +28,9 @@ def throughput(processes: int, threads: int, extra: list[str], gpu: bool) -> flo
         if processes > 1 and not gpu:
             env["ACCELERATE_USE_CPU"] = "1"
         subprocess.run(cmd, check=True, env=env, capture_output=True)
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        from srtrain.rundir import RunDir, read_metrics
+
+        rows, _ = read_metrics(RunDir(Path(tmp) / "run").metrics)
     return rows[-1]["patches_per_s"]
 
 

@@ -24,7 +24,6 @@ included, from an empty inductor cache (a first run; later runs reuse the cache)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -102,7 +101,9 @@ def srtrain_rate(args: list[str]) -> list[float]:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"srtrain failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        from srtrain.rundir import RunDir, read_metrics
+
+        rows, _ = read_metrics(RunDir(Path(tmp) / "run").metrics)
     return [row["patches_per_s"] for row in rows[1:]]
 
 
