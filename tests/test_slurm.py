@@ -96,24 +96,10 @@ def preemptible(photo_folder: Path) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def straight(slurm, photo_folder, tmp_path_factory) -> tuple[Path, str]:
     """`preemptible`'s job through train.sbatch, never stopped: (its working directory, its job id). Submitted here,
-    waited for by the tests that read it: test_train_sbatch, and the preempted job's reference."""
+    waited for by the tests that read it: the preempted job's reference, whose job trains beside it (the signal must
+    find that job mid-training), then test_train_sbatch."""
     workdir = tmp_path_factory.mktemp("straight")
     return workdir, sbatch(slurm, workdir, "slurm/train.sbatch", *preemptible(photo_folder))
-
-
-def test_train_sbatch(slurm, straight):
-    workdir, job = straight
-    (task,) = wait_done(slurm, job)
-    text = log(workdir, job)
-    assert (task["JobState"], task["ExitCode"]) == ("COMPLETED", "0:0"), text[-3000:]
-    out = run_dir(workdir, "srtrain", job)
-    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
-    assert all((out / "checkpoints" / name / "model.safetensors").is_file() for name in ("last", "best"))
-    (wandb_run,) = offline_runs(out)
-    state = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]
-    assert wandb_run.name.endswith("-" + state["wandb_run_id"])
-    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["repeat"] == 32  # the job YAML said 16
-    assert "SLURM_RESTART_COUNT=0" in text and "1 process(es) on cpu" in text
 
 
 def test_configuration_error_ends_the_job_with_2_and_one_line(slurm, photo_folder, tmp_path):
@@ -200,6 +186,22 @@ def test_preempted_job_requeues_itself_and_ends_as_if_never_stopped(slurm, strai
     ref_weights = load_file(str(ref_out / "checkpoints" / "last" / "model.safetensors"))
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+def test_train_sbatch(slurm, straight):
+    """After the preemption test, which runs its job beside this one as it would beside any other."""
+    workdir, job = straight
+    (task,) = wait_done(slurm, job)
+    text = log(workdir, job)
+    assert (task["JobState"], task["ExitCode"]) == ("COMPLETED", "0:0"), text[-3000:]
+    out = run_dir(workdir, "srtrain", job)
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
+    assert all((out / "checkpoints" / name / "model.safetensors").is_file() for name in ("last", "best"))
+    (wandb_run,) = offline_runs(out)
+    state = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]
+    assert wandb_run.name.endswith("-" + state["wandb_run_id"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["repeat"] == 32  # the job YAML said 16
+    assert "SLURM_RESTART_COUNT=0" in text and "1 process(es) on cpu" in text
 
 
 LAUNCHER = """import os, subprocess, sys, time
