@@ -5,6 +5,7 @@ run the training joins."""
 import json
 import os
 import signal
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -30,9 +31,32 @@ from helpers import (
     wandb_summary,
 )
 
+from srtrain.config import load_config
 from srtrain.stopping import EXIT_RESUMABLE, STOPPED_FILE
+from srtrain.tracking import agent_run_dir, new_run_id, wandb_mode
 
 pytestmark = needs_data
+
+
+def test_the_wandb_mode_and_run_id_come_from_the_job_then_the_environment(monkeypatch, tmp_path):
+    """wandb.mode, else $WANDB_MODE, else online with an API key (or a W&B login in ~/.netrc) and offline without;
+    a sweep agent's $WANDB_RUN_ID and its run directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_SWEEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert wandb_mode(load_config(overrides={"wandb.mode": "disabled"})) == "disabled"
+    assert wandb_mode(load_config()) == "offline"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert wandb_mode(load_config()) == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode(load_config()) == "offline"
+    run_id = new_run_id()
+    assert len(run_id) == 8 and run_id != new_run_id() and agent_run_dir() is None
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "tinysweep")
+    assert new_run_id() == "agentrun" and agent_run_dir() == Path("runs") / "sweep-tinysweep" / "agentrun"
 
 
 @pytest.mark.slow
