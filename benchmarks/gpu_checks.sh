@@ -29,7 +29,7 @@ print("python", sys.version.split()[0], "torch", torch.__version__, "accelerate"
 sys.exit(0 if torch.cuda.is_available() else "no CUDA device: nothing to check")'
 } 2>&1 | tee "$out/machine.log" || exit 1
 step "CUDA tests"
-timeout 270 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_upscale.py 2>&1 |
+timeout 270 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_commands_upscale.py 2>&1 |
     tee "$out/pytest.log"
 step "throughput, bf16, against a bare loop"
 timeout 120 python3 benchmarks/throughput.py --gpu --quick 2>&1 | tee "$out/throughput.log"

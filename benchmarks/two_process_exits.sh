@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How often does a finished 2-process CPU training end in an abort? Runs N tiny trainings (4 Set5 crops, 2 epochs,
-# a checkpoint every step, as tests/test_faults.py) under `accelerate launch` and prints each one's status and
+# a checkpoint every step, as tests/test_stopping.py) under `accelerate launch` and prints each one's status and
 # whether stderr holds "terminate called" (docs/faults.md, the row on a multi-process launch exiting).
 #   bash benchmarks/two_process_exits.sh [N=100]        (about 10 s a run on 2 cores)
 set -uo pipefail

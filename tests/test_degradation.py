@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import DATA, load_png, needs_data
 
 from srtrain import degradation
 from srtrain.degradation import imresize, modcrop
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data (the SR benchmark images) is absent")
 
 SET_SIZES = {"Set5": 5, "Set14": 14}
 # A row of cubic weights sums to 1 and, for integer up- and downscaling factors, its negative taps sum
 # to at least -0.125, so its L1 norm (the worst-case gain on an error in its input) is at most 1.25.
 MAX_ROW_L1 = 1.25
-
-
-def load_png(path: Path) -> torch.Tensor:
-    """A PNG as a uint8 (C, H, W) tensor; 8-bit gray (mode L) gives C = 1."""
-    pixels = np.array(Image.open(path))
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def matlab_round(x: torch.Tensor) -> torch.Tensor:

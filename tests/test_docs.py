@@ -3,7 +3,7 @@
 import re
 
 import PIL.Image
-from conftest import ROOT
+from helpers import ROOT
 
 from srtrain.config import valid_keys
 from srtrain.config_doc import key_table, with_table

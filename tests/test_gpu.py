@@ -7,12 +7,11 @@ The data are the photographs bundled with scikit-image (the `default` source), s
 
 import json
 import os
-import subprocess
 
 import PIL.Image
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch
+from helpers import MAIN, launch, python
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -24,18 +23,11 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-
-
-def run(cmd: list[str], cwd, env=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env or ENV, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def job(out, *extra: str) -> list[str]:
     return [
-        str(ROOT / "srtrain" / "main.py"),
+        MAIN,
         "--data.train=default",
         "--data.val=default",
         "--data.repeat=24",
@@ -54,7 +46,7 @@ def job(out, *extra: str) -> list[str]:
 @pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
 def test_training_on_cuda(precision, tmp_path):
     out = tmp_path / "run"
-    proc = run([*accelerate_launch(1), *job(out, f"--mixed_precision={precision}")], tmp_path)
+    proc = launch(job(out, f"--mixed_precision={precision}"), tmp_path)
     assert "on cuda" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
@@ -69,7 +61,7 @@ def test_training_on_cuda(precision, tmp_path):
 def test_compiled_bf16_training_on_cuda(tmp_path):
     """`compile: true` on CUDA (inductor with triton) in bf16: it trains and saves plain weights."""
     out = tmp_path / "run"
-    proc = run([*accelerate_launch(1), *job(out, "--mixed_precision=bf16", "--compile=true")], tmp_path)
+    proc = launch(job(out, "--mixed_precision=bf16", "--compile=true"), tmp_path)
     assert "on cuda" in proc.stdout and "torch.compile: the training forward compiles" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["psnr_y"] > 20
@@ -80,7 +72,7 @@ def test_compiled_bf16_training_on_cuda(tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_train_in_sync(tmp_path):
     out = tmp_path / "run"
-    proc = run([*accelerate_launch(2), *job(out, "--mixed_precision=bf16")], tmp_path)
+    proc = launch(job(out, "--mixed_precision=bf16"), tmp_path, 2)
     assert "weights identical on all 2 processes" in proc.stdout
 
 
@@ -94,9 +86,9 @@ def test_eval_on_cuda_equals_cpu(tmp_path):
     results = {}
     for device, visible in (("cuda", os.environ.get("CUDA_VISIBLE_DEVICES", "0")), ("cpu", "")):
         report = tmp_path / f"{device}.json"
-        cmd = ["python", "-m", "srtrain", "eval", "--model", "espcn", "--weights", str(weights), "--scale", "4"]
+        cmd = ["-m", "srtrain", "eval", "--model", "espcn", "--weights", str(weights), "--scale", "4"]
         cmd += ["--data", str(tmp_path), "--json", str(report)]
-        run(cmd, tmp_path, {**ENV, "CUDA_VISIBLE_DEVICES": visible})
+        python(cmd, tmp_path, WANDB_MODE="offline", CUDA_VISIBLE_DEVICES=visible)
         results[device] = json.loads(report.read_text())["results"][0]["per_image"]
     for gpu, cpu in zip(results["cuda"], results["cpu"], strict=True):
         assert gpu["name"] == cpu["name"]

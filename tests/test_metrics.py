@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from helpers import DATA, load_png, needs_data
 from scipy.ndimage import gaussian_filter
 from scipy.signal import convolve2d, correlate2d
 from skimage.metrics import mean_squared_error, normalized_root_mse, structural_similarity
@@ -20,19 +19,8 @@ import srtrain.metrics as metrics
 from srtrain.degradation import imresize, modcrop
 from srtrain.metrics import fsim, mse, nrmse, psnr_rgb, psnr_y, quantize, rgb_to_y, shave, ssim_rgb, ssim_y
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data (the SR benchmark images) is absent")
-
 # Published bicubic rows (PSNR dB / SSIM on Y); Set14 scored its gray bridge.png directly.
 CROPS = ((slice(40, 77), slice(100, 153)), (slice(301, 338), slice(7, 60)))  # two odd 37x53 crops
-
-
-def load_png(path: Path) -> torch.Tensor:
-    """A PNG as a uint8 (C, H, W) tensor; 8-bit gray (mode L) gives C = 1."""
-    pixels = np.array(Image.open(path))
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def bicubic_pair(hr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,23 +1,20 @@
 """The model zoo: every model at every scale, fp32 and bf16 autocast, a learning step, published sizes,
-counted multiply-adds, and weight files (including the ResNet-50 backbone's, never downloaded)."""
+counted multiply-adds, and the ResNet-50 backbone's weights (never downloaded). Weight files in general:
+test_models_weights.py."""
 
 import pytest
 import torch
+from helpers import make_model
 from safetensors.torch import save_file
 
-from srtrain.models import available_models, build_model, model_options, weights_free_options
+from srtrain.models import available_models, build_model, model_options
 from srtrain.models.espcn import Tanh
 from srtrain.models.profile import multiply_adds, trainable_parameters
 from srtrain.models.resnet50 import PretrainedWeightsError, cached_weights_path
-from srtrain.models.weights import WeightsError, load_model_weights
 
 ZOO = ["bicubic", "carn", "edsr", "espcn", "imdn", "rcan", "resnet50", "srcnn", "srresnet", "swinir"]
 # Small variants keep the learning-step test fast; shapes and dtypes use the defaults.
 SMALL = {"rcan": {"n_groups": 2, "n_blocks": 2}, "swinir": {"n_blocks": 1, "depth": 2}}
-
-
-def make(name: str, scale: int, **options):
-    return build_model(name, scale, **weights_free_options(name), **options)
 
 
 def test_registry_has_the_whole_zoo():
@@ -49,7 +46,7 @@ def test_espcn_tanh_is_torch_tanh_within_float32_rounding():
 @pytest.mark.parametrize("name", ZOO)
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_shapes_and_dtypes_fp32_and_bf16(name, scale):
-    model = make(name, scale).eval()
+    model = make_model(name, scale).eval()
     lr = torch.rand(2, 3, 13, 17)
     with torch.no_grad():
         out = model(lr)
@@ -63,7 +60,7 @@ def test_shapes_and_dtypes_fp32_and_bf16(name, scale):
 @pytest.mark.parametrize("name", [n for n in ZOO if n != "bicubic"])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)
-    model = make(name, 2, **SMALL.get(name, {})).train()
+    model = make_model(name, 2, **SMALL.get(name, {})).train()
     hr = torch.rand(4, 3, 32, 32)
     lr = torch.nn.functional.avg_pool2d(hr, 2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -102,12 +99,12 @@ PUBLISHED_MILLIONS = [
 
 @pytest.mark.parametrize(("name", "scale", "options", "millions"), PUBLISHED_MILLIONS)
 def test_parameter_counts_match_published(name, scale, options, millions):
-    count = trainable_parameters(make(name, scale, **options))
+    count = trainable_parameters(make_model(name, scale, **options))
     assert abs(count / 1e6 - millions) / millions < 0.01, count
 
 
 def test_swinir_light_is_the_paper_count_plus_the_conv_after_body():
-    assert trainable_parameters(make("swinir", 4)) - 32_460 == pytest.approx(897_000, rel=0.001)
+    assert trainable_parameters(make_model("swinir", 4)) - 32_460 == pytest.approx(897_000, rel=0.001)
 
 
 def test_multiply_adds_are_counted():
@@ -116,25 +113,6 @@ def test_multiply_adds_are_counted():
     assert multiply_adds("edsr", 4) / 1e9 == pytest.approx(114.2, abs=0.1)  # EDSR-baseline, as tables report
     assert multiply_adds("imdn", 4) / 1e9 == pytest.approx(40.9, abs=0.1)  # Hui et al. 2019, Table 3
     assert multiply_adds("carn", 4) / 1e9 == pytest.approx(90.9, abs=0.1)  # Ahn et al. 2018, Table 3
-
-
-def test_weight_files_load_and_mismatches_list_keys(tmp_path):
-    source = make("espcn", 2)
-    save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
-    torch.save({"state_dict": source.state_dict()}, tmp_path / "w.pth")
-    for file in ("w.safetensors", "w.pth"):
-        target = make("espcn", 2)
-        load_model_weights(target, tmp_path / file)
-        assert all(
-            torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values(), strict=True)
-        )
-    with pytest.raises(WeightsError, match=r"missing keys \['body.0.body.0.bias'.*unexpected keys \['body.0.bias'"):
-        load_model_weights(make("edsr", 2), tmp_path / "w.safetensors")
-    with pytest.raises(WeightsError, match=r"body.0.weight: file \[64, 3, 5, 5\], model \[64, 3, 9, 9\]"):
-        load_model_weights(make("srcnn", 2), tmp_path / "w.safetensors")  # same keys, other shapes
-    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickle.pth")  # an object, not weights
-    with pytest.raises(WeightsError, match="weights-only"):
-        load_model_weights(make("espcn", 2), tmp_path / "pickle.pth")
 
 
 def test_resnet50_without_weights_says_how_to_get_them(tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
 """The slurm/ batch scripts on a real SLURM cluster: two slurmd nodes on this host (slurm/testing/cluster.sh),
 brought up once per session. Jobs are tiny (four 120x120 Set5 crops, ESPCN, 32-pixel patches)."""
 
-import json
 import os
 import re
 import signal
@@ -12,12 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, needs_data
+from helpers import ROOT, metrics, needs_data, tiny_grid, wandb_history
 from safetensors.torch import load_file
-from test_sweep import tiny_grid
-from test_train import wandb_history
 
-pytestmark = needs_data
+pytestmark = [needs_data, pytest.mark.slow]
 CLUSTER = ROOT / "slurm" / "testing" / "cluster.sh"
 INSTALL_FAILED = 3  # cluster.sh's exit code when apt-get cannot install the SLURM packages
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
@@ -83,10 +80,6 @@ def log(workdir: Path, job: str) -> str:
     return (workdir / f"slurm-{job}.out").read_text()
 
 
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def run_dir(workdir: Path, name: str, job: str) -> Path:
     return workdir / "runs" / f"{name}-{job}"
 
@@ -95,19 +88,18 @@ def offline_runs(out: Path) -> list[Path]:
     return sorted((out / "wandb").glob("offline-run-*"))
 
 
-def test_train_sbatch(slurm, photo_folder, tmp_path):
-    job = sbatch(slurm, tmp_path, "slurm/train.sbatch", "jobs/quick.yaml", *tiny(photo_folder, "--epochs=2"))
-    (task,) = wait_done(slurm, job)
-    text = log(tmp_path, job)
-    assert (task["JobState"], task["ExitCode"]) == ("COMPLETED", "0:0"), text[-3000:]
-    out = run_dir(tmp_path, "srtrain", job)
-    assert [r["epoch"] for r in metrics(out)] == [1, 2]
-    assert all((out / "checkpoints" / name / "model.safetensors").is_file() for name in ("last", "best"))
-    (wandb_run,) = offline_runs(out)
-    state = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]
-    assert wandb_run.name.endswith("-" + state["wandb_run_id"])
-    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["repeat"] == 8  # the job YAML said 16
-    assert "SLURM_RESTART_COUNT=0" in text and "1 process(es) on cpu" in text
+def preemptible(photo_folder: Path) -> tuple[str, ...]:
+    """train.sbatch's arguments for the job the preemption test stops: epochs long enough to signal one mid-way."""
+    return ("jobs/quick.yaml", *tiny(photo_folder, "--epochs=3", "--data.repeat=32"))
+
+
+@pytest.fixture(scope="module")
+def straight(slurm, photo_folder, tmp_path_factory) -> tuple[Path, str]:
+    """`preemptible`'s job through train.sbatch, never stopped: (its working directory, its job id). Submitted here,
+    waited for by the tests that read it: the preempted job's reference, whose job trains beside it (the signal must
+    find that job mid-training), then test_train_sbatch."""
+    workdir = tmp_path_factory.mktemp("straight")
+    return workdir, sbatch(slurm, workdir, "slurm/train.sbatch", *preemptible(photo_folder))
 
 
 def test_configuration_error_ends_the_job_with_2_and_one_line(slurm, photo_folder, tmp_path):
@@ -162,12 +154,12 @@ def test_grid_array_runs_every_point(slurm, photo_folder, tmp_path):
         assert [r["epoch"] for r in metrics(tmp_path / "runs" / "tiny" / index)] == [1]
 
 
-def test_preempted_job_requeues_itself_and_ends_as_if_never_stopped(slurm, photo_folder, tmp_path):
+def test_preempted_job_requeues_itself_and_ends_as_if_never_stopped(slurm, straight, photo_folder, tmp_path):
     """USR1 in the middle of an epoch (what `--signal=B:USR1@120` sends before the time limit): the batch shell passes
-    it to the trainer, which checkpoints its current step and stops; the job requeues and the same job resumes."""
-    args = ("jobs/quick.yaml", *tiny(photo_folder, "--epochs=3", "--data.repeat=32"))
-    reference = sbatch(slurm, tmp_path / "reference", "slurm/train.sbatch", *args)
-    job = sbatch(slurm, tmp_path, "slurm/train.sbatch", *args)
+    it to the trainer, which checkpoints its current step and stops; the job requeues and the same job resumes, to
+    end as the `straight` job."""
+    ref_dir, reference = straight
+    job = sbatch(slurm, tmp_path, "slurm/train.sbatch", *preemptible(photo_folder))
     out = run_dir(tmp_path, "srtrain", job)
     first_checkpoint = out / "checkpoints" / "last" / "training_state.pt"  # swapped in whole after epoch 1
     deadline = time.monotonic() + 300
@@ -190,10 +182,26 @@ def test_preempted_job_requeues_itself_and_ends_as_if_never_stopped(slurm, photo
     first, second = ([h["_step"] for h in wandb_history(p)] for p in attempts)
     assert first and second and max(first) < min(second)  # the requeued job continues the steps
     weights = load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
-    ref_out = run_dir(tmp_path / "reference", "srtrain", reference)
+    ref_out = run_dir(ref_dir, "srtrain", reference)
     ref_weights = load_file(str(ref_out / "checkpoints" / "last" / "model.safetensors"))
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+def test_train_sbatch(slurm, straight):
+    """After the preemption test, which runs its job beside this one as it would beside any other."""
+    workdir, job = straight
+    (task,) = wait_done(slurm, job)
+    text = log(workdir, job)
+    assert (task["JobState"], task["ExitCode"]) == ("COMPLETED", "0:0"), text[-3000:]
+    out = run_dir(workdir, "srtrain", job)
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
+    assert all((out / "checkpoints" / name / "model.safetensors").is_file() for name in ("last", "best"))
+    (wandb_run,) = offline_runs(out)
+    state = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["state"]
+    assert wandb_run.name.endswith("-" + state["wandb_run_id"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["repeat"] == 32  # the job YAML said 16
+    assert "SLURM_RESTART_COUNT=0" in text and "1 process(es) on cpu" in text
 
 
 LAUNCHER = """import os, subprocess, sys, time

@@ -1,26 +1,40 @@
-"""End to end: `accelerate launch srtrain/main.py` trains, logs to W&B (offline) and files, and resumes."""
+"""srtrain/train.py, the training loop, end to end: what a run writes, its learning-rate schedule, an exact resume,
+gradient accumulation, `compile: true`, and the stops that end a run before a bad model is kept (NaN, divergence,
+an image that breaks)."""
 
-import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
+import signal
 
 import PIL.Image
 import pytest
 import torch
 import yaml
-from conftest import DATA, ROOT, accelerate_launch, needs_data
+from helpers import (
+    DATA,
+    MAIN,
+    assert_identical,
+    checkpointed_job,
+    eval_on_tiny_val,
+    launch,
+    metrics,
+    needs_data,
+    paused_srtrain,
+    photo,
+    png_bytes,
+    python,
+    srtrain,
+    tiny_job,
+)
 from safetensors.torch import load_file
 
-from srtrain.checkpoint import read_state
-from srtrain.config import ConfigError, load_config
-from srtrain.train import lr_at, train
+from srtrain.checkpoint import checkpoint_problem, read_state
+from srtrain.config import load_config
+from srtrain.faults import READY_FILE
+from srtrain.models import build_model
+from srtrain.train import lr_at
 from srtrain.visual import GAP, LABEL_HEIGHT
 
 pytestmark = needs_data
-LAUNCH = [*accelerate_launch(1), str(ROOT / "srtrain" / "main.py")]
 METRIC_KEYS = {
     "epoch",
     "train_loss",
@@ -32,71 +46,20 @@ METRIC_KEYS = {
     "epoch_time_s",
     "patches_per_s",
 }
+CPU = {"ACCELERATE_USE_CPU": "1"}  # as `full_run`, also where there is a GPU
 
 
-def tiny_job(train_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        f"--data.train={train_dir}",
-        f"--data.val={DATA / 'Set5'}",
-        "--data.max_val_images=2",
-        "--data.repeat=8",
-        "--batch_size=8",
-        "--patch_size=48",
-        "--lr=0.002",
-        "--num_samples=2",
-        "--scheduler=constant",
-        f"--output_dir={out}",
-        *extra,
-    ]
+def test_schedule_warmup_then_cosine_or_steps():
+    cfg = load_config(overrides={"lr": 0.01, "min_lr": 0.001, "warmup": 0.25})
+    lrs = [lr_at(cfg, p / 100) for p in range(101)]
+    assert lrs[0] == 0 and lrs[25] == pytest.approx(0.01) and lrs[100] == pytest.approx(0.001)
+    assert all(a <= b for a, b in zip(lrs[:25], lrs[1:26], strict=True))
+    assert all(a >= b for a, b in zip(lrs[25:-1], lrs[26:], strict=True))
+    steps = load_config(overrides={"lr": 0.01, "scheduler": "step", "step_every": 0.5, "gamma": 0.1})
+    assert [lr_at(steps, p) for p in (0, 0.49, 0.5, 0.99, 1.0)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 1e-4])
 
 
-def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run(LAUNCH + args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def wandb_summary(run_dir: Path) -> dict:
-    proc = subprocess.run(
-        ["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(proc.stdout)
-
-
-def wandb_records(run_dir: Path) -> list[dict]:
-    """Every record of an offline W&B run's `.wandb` file, as W&B's own reader decodes it."""
-    proc = subprocess.run(
-        ["wandb", "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
-def wandb_history(run_dir: Path) -> list[dict]:
-    return [r["history"]["item"] for r in wandb_records(run_dir) if r.get("type") == "history"]
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, photo_folder):
-    """Two epochs straight through: the reference for the end-to-end and resume checks."""
-    out = tmp_path_factory.mktemp("full") / "run"
-    proc = launch(tiny_job(photo_folder, out, "--epochs=2"), out.parent)
-    return out, proc
-
-
+@pytest.mark.slow
 def test_end_to_end_files(full_run):
     out, proc = full_run
     rows = metrics(out)
@@ -118,32 +81,14 @@ def test_end_to_end_files(full_run):
     assert not list(out.parent.glob("runs"))  # nothing written outside --output_dir
 
 
-def test_wandb_offline_run_read_back(full_run):
-    out, proc = full_run
-    (run_dir,) = (out / "wandb").glob("offline-run-*")
-    summary = wandb_summary(run_dir)
-    rows = metrics(out)
-    assert summary["state"] == "finished" and summary["project"] == "srtrain"
-    assert summary["config"]["lr"] == 0.002 and summary["config"]["model"]["name"] == "espcn"
-    assert summary["summary"]["best_psnr_y"] == pytest.approx(max(r["psnr_y"] for r in rows))
-    history = wandb_history(run_dir)
-    assert [h["_step"] for h in history] == list(range(1, 9))  # one row per optimizer step: 4 per epoch
-    assert all("train/loss" in h and "train/lr" in h for h in history)
-    epochs = [h for h in history if "psnr_y" in h]  # epoch metrics on the same step axis, `epoch` a metric
-    assert [(h["epoch"], h["_step"]) for h in epochs] == [(1, 4), (2, 8)]
-    assert [h["psnr_y"] for h in epochs] == pytest.approx([r["psnr_y"] for r in rows])
-    assert all(h["samples._type"] == "image-file" for h in epochs)
-    assert len(list((run_dir / "files" / "media" / "images").glob("*.png"))) == 2
-    assert "wandb sync" in proc.stdout
-
-
+@pytest.mark.slow
 def test_resume_continues_exactly(full_run, photo_folder, tmp_path):
     """Stop after epoch 1, resume to 2: identical to the straight run (constant LR, so that the first
     segment's schedule does not depend on its shorter `--epochs`)."""
     reference, _ = full_run
     out = tmp_path / "run"
-    launch(tiny_job(photo_folder, out, "--epochs=1"), tmp_path)
-    proc = launch(tiny_job(photo_folder, out, "--epochs=2", "--resume=auto"), tmp_path)
+    srtrain(tiny_job(photo_folder, out, "--epochs=1"), tmp_path, check=True, **CPU)
+    proc = srtrain(tiny_job(photo_folder, out, "--epochs=2", "--resume=auto"), tmp_path, check=True, **CPU)
     assert "resuming at step" in proc.stdout and "(epoch 2, batch 0) from" in proc.stdout
     rows, ref_rows = metrics(out), metrics(reference)
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -157,28 +102,92 @@ def test_resume_continues_exactly(full_run, photo_folder, tmp_path):
     assert len(ids) == 1  # the resumed segment logs to the same W&B run id
 
 
+@pytest.mark.slow
+def test_same_seed_same_loss_curve(full_run, photo_folder, tmp_path):
+    """`full_run`'s job again (the same seed): the same losses and scores, epoch by epoch, to the last bit."""
+    reference, _ = full_run
+    out = tmp_path / "again"
+    launch([MAIN, *tiny_job(photo_folder, out, "--epochs=2")], tmp_path, **CPU)
+    curves = [[(r["train_loss"], r["val_loss"], r["psnr_y"]) for r in metrics(run)] for run in (reference, out)]
+    assert curves[0] == curves[1]
+
+
+@pytest.mark.slow
+def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_path):
+    """Training validation and `srtrain eval` share one code path: same weights, same images, same PSNR-Y."""
+    out, _ = full_run
+    result = eval_on_tiny_val(out, tmp_path, CUDA_VISIBLE_DEVICES="")  # where it trained
+    best = max(metrics(out), key=lambda r: r["psnr_y"])
+    assert result["psnr_y"] == pytest.approx(best["psnr_y"], abs=1e-9)
+    assert result["ssim_y"] == pytest.approx(best["ssim_y"], abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def accumulated(tmp_path_factory, photo_folder):
+    """`checkpointed_job` with grad_accum=3 (4 batches an epoch: optimizer steps after batches 3 and 4), straight
+    through: (its run directory, the finished process)."""
+    root = tmp_path_factory.mktemp("accumulated")
+    out = root / "straight"
+    proc = srtrain(checkpointed_job(photo_folder, out, "--grad_accum=3"), root, wandb="disabled", check=True)
+    return out, proc
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_schedule_ends_with_the_last_step(accumulated):
+    """4 batches an epoch with grad_accum=3: accelerate steps after batches 3 and 4, so 2 steps an epoch and the
+    cosine reaches min_lr at the last step of the run, not half-way (as it did with 4 // 3 = 1 step an epoch)."""
+    out, proc = accumulated
+    assert ", 4 steps," in " ".join(proc.stdout.split())
+    first, last = metrics(out)
+    assert first["lr"] == pytest.approx((0.002 + 1e-4) / 2) and last["lr"] == pytest.approx(1e-4)
+    assert read_state(out / "checkpoints" / "last").step == 4
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_resumes_mid_epoch_exactly(accumulated, photo_folder, tmp_path):
+    """grad_accum=3 over 4 batches an epoch: optimizer steps after batches 3 and 4. Killed with 3 batches of epoch 1
+    done (after step 1's checkpoint) and again in epoch 2, the resumed run ends as the straight one, bit for bit."""
+    accumulate = "--grad_accum=3"
+    straight, _ = accumulated
+    out = tmp_path / "run"
+    for i, fault in enumerate(("kill:step:2", "kill:step:4")):
+        args = checkpointed_job(photo_folder, out, accumulate, *(["--resume=auto"] if i else []))
+        assert srtrain(args, tmp_path, fault, wandb="disabled").returncode == -signal.SIGKILL, fault
+    proc = srtrain(checkpointed_job(photo_folder, out, accumulate, "--resume=auto"), tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_identical(out, straight)
+    assert [(r["step"], r["lr"]) for r in metrics(out)] == [(r["step"], r["lr"]) for r in metrics(straight)]
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(photo_folder, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run(
-        LAUNCH + tiny_job(photo_folder, tmp_path / "run", "--epochs=1", "--lr=1e20", "--loss=mse"),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-    )
+    args = tiny_job(photo_folder, tmp_path / "run", "--epochs=1", "--lr=1e20", "--loss=mse")
+    proc = srtrain(args, tmp_path, wandb="disabled")
     assert proc.returncode != 0
     assert "lower --lr" in proc.stderr + proc.stdout
     assert "--mixed_precision=no" not in proc.stderr  # already so: nothing to suggest
 
 
+@pytest.mark.slow
+def test_nan_policy_skip_counts_then_stops(photo_folder, tmp_path):
+    proc = srtrain(
+        checkpointed_job(
+            photo_folder, tmp_path / "run", "--lr=1e20", "--loss=mse", "--nan_policy=skip", "--nan_max_skips=2"
+        ),
+        tmp_path,
+        wandb="disabled",
+    )
+    assert proc.returncode == 1
+    assert "3 steps in a row" in proc.stderr and "last good checkpoint" in proc.stderr
+
+
+@pytest.mark.slow
 def test_a_run_that_diverges_with_a_finite_loss_stops_before_it_is_kept(photo_folder, tmp_path):
     """L1 with lr 1e3: the loss grows by orders of magnitude but stays finite. The run stops at once, status 1, one
     line naming the step, the cause and the fix; no such model is validated or kept as `best`."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "srtrain", *tiny_job(photo_folder, out, "--epochs=2", "--lr=1e3")]
-    env = {**os.environ, "WANDB_MODE": "disabled"}  # (W&B's own lines go to stderr too)
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    # (W&B's own lines go to stderr too)
+    proc = srtrain(tiny_job(photo_folder, out, "--epochs=2", "--lr=1e3"), tmp_path, wandb="disabled")
     assert proc.returncode == 1, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
     assert re.fullmatch(r"error: training diverged at step 2 \(epoch 1\): the loss is .* times its lowest .*", line)
@@ -186,78 +195,78 @@ def test_a_run_that_diverges_with_a_finite_loss_stops_before_it_is_kept(photo_fo
     assert not (out / "checkpoints" / "best").exists() and not (out / "metrics.jsonl").exists()
 
 
-def test_fp16_on_cpu_is_refused():
-    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
-        train(load_config(overrides={"mixed_precision": "fp16"}))
-
-
-def test_schedule_warmup_then_cosine_or_steps():
-    cfg = load_config(overrides={"lr": 0.01, "min_lr": 0.001, "warmup": 0.25})
-    lrs = [lr_at(cfg, p / 100) for p in range(101)]
-    assert lrs[0] == 0 and lrs[25] == pytest.approx(0.01) and lrs[100] == pytest.approx(0.001)
-    assert all(a <= b for a, b in zip(lrs[:25], lrs[1:26], strict=True))
-    assert all(a >= b for a, b in zip(lrs[25:-1], lrs[26:], strict=True))
-    steps = load_config(overrides={"lr": 0.01, "scheduler": "step", "step_every": 0.5, "gamma": 0.1})
-    assert [lr_at(steps, p) for p in (0, 0.49, 0.5, 0.99, 1.0)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 1e-4])
-
-
-def test_gradient_accumulation_schedule_ends_with_the_last_step(photo_folder, tmp_path):
-    """4 batches an epoch with grad_accum=3: accelerate steps after batches 3 and 4, so 2 steps an epoch and the
-    cosine reaches min_lr at the last step of the run, not half-way (as it did with 4 // 3 = 1 step an epoch)."""
+@pytest.mark.slow
+def test_an_image_that_breaks_during_training_stops_with_one_line_and_resumes(photo_copy, tmp_path):
+    """With loader workers and no cache: an image truncated on disk after the scan (while the fault hook pauses
+    the run at epoch 1's last step) stops the run in epoch 2 with exit 2 and one line naming the file and the fix,
+    not a worker's traceback; the last checkpoint stays intact, and once the file is replaced the run resumes."""
+    folder = photo_copy
+    photo().save(folder / "later.png")
+    good = (folder / "later.png").read_bytes()
     out = tmp_path / "run"
-    job = tiny_job(photo_folder, out, "--epochs=2", "--grad_accum=3", "--scheduler=cosine", "--min_lr=1e-5")
-    proc = launch(job, tmp_path)
-    assert ", 4 steps," in " ".join(proc.stdout.split())
-    first, last = metrics(out)
-    assert first["lr"] == pytest.approx((0.002 + 1e-5) / 2) and last["lr"] == pytest.approx(1e-5)
-    assert read_state(out / "checkpoints" / "last").step == 4
+    args = [f"--data.train={folder}", f"--data.val={DATA / 'Set5'}",
+            "--data.max_val_images=1", "--data.num_workers=2", "--data.cache=false", "--data.repeat=2",
+            "--batch_size=4", "--patch_size=48", "--epochs=2", "--checkpoint_every=1", f"--output_dir={out}",
+            "--wandb.mode=disabled"]  # fmt: skip
+    trainer = paused_srtrain(args, tmp_path, "pause:step:2", "disabled")
+    (folder / "later.png").write_bytes(good[:-300])
+    (tmp_path / READY_FILE).unlink()  # the run goes on
+    _, stderr = trainer.communicate(timeout=300)
+    assert trainer.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr and "worker" not in stderr
+    (line,) = [line for line in stderr.splitlines() if "later.png" in line]
+    assert line.startswith("error: image 'later.png'") and "srtrain check-data" in line
+    assert "data.skip_bad=true" in line and "--resume=auto" in line
+    last = out / "checkpoints" / "last"
+    assert checkpoint_problem(last) == "" and read_state(last).epoch == 1
+    (folder / "later.png").write_bytes(good)
+    srtrain([*args, "--resume=auto"], tmp_path, wandb="disabled", check=True)
+    assert read_state(last).epoch == 2
 
 
-def test_time_budget_stops_training(photo_folder, tmp_path):
+@pytest.mark.slow
+def test_a_truncated_training_image_stops_the_job_before_training(photo_copy, tmp_path):
+    folder = photo_copy
+    (folder / "truncated.png").write_bytes(png_bytes()[:-200])
     out = tmp_path / "run"
-    launch(tiny_job(photo_folder, out, "--epochs=10000", "--time_budget_min=0.05", "--val_every=1000"), tmp_path)
-    (row,) = metrics(out)  # validated once, when the budget ran out
-    assert row["epoch"] < 10000 and row["train_minutes"] >= 0.05
+    args = [f"--data.train={folder}", f"--data.val={DATA / 'Set5'}", "--epochs=1", "--data.num_workers=2",
+            "--patch_size=48", f"--output_dir={out}", "--wandb.mode=disabled"]  # fmt: skip
+    proc = srtrain(args, tmp_path, wandb="disabled")
+    assert proc.returncode == 2 and "truncated.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()  # a start that fails its checks leaves no run directory behind
+    skip = ["--data.skip_bad=true", "--data.max_bad_fraction=0.5", "--data.repeat=4", "--batch_size=8"]
+    proc = srtrain([*args, *skip], tmp_path, wandb="disabled", check=True)
+    assert "skipped bad image 1/1" in proc.stdout and "truncated.png" in proc.stdout
 
 
-def eval_on_tiny_val(out: Path, tmp_path: Path) -> dict:
-    """`srtrain eval` of run `out`'s best checkpoint on the tiny job's two validation images (max_val_images=2)."""
-    val = tmp_path / "val"
-    val.mkdir()
-    for name in ("baby", "bird"):
-        (val / f"{name}.png").write_bytes((DATA / "Set5" / f"{name}.png").read_bytes())
-    report = tmp_path / "eval.json"
-    subprocess.run(
-        ["srtrain", "eval", "--checkpoint", str(out), "--data", str(val), "--json", str(report)],
-        check=True,
-        timeout=300,
-    )
-    (result,) = json.loads(report.read_text())["results"]
-    return result
+# `compile: true`: a torch.compile'd training forward trains in bf16, resumes, saves plain weights that
+# `srtrain eval` scores as logged; without a working C++ compiler the run stops before training with one line.
 
 
-def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_path):
-    """Training validation and `srtrain eval` share one code path: same weights, same images, same PSNR-Y."""
-    out, _ = full_run
-    result = eval_on_tiny_val(out, tmp_path)
-    best = max(metrics(out), key=lambda r: r["psnr_y"])
+@pytest.mark.slow
+def test_compiled_bf16_run_resumes_and_saves_plain_weights_that_eval_scores_as_logged(photo_folder, tmp_path):
+    out = tmp_path / "run"
+    job = tiny_job(photo_folder, out, "--compile=true", "--mixed_precision=bf16", "--num_samples=0")
+    first = srtrain([*job, "--epochs=1"], tmp_path, check=True)
+    assert "torch.compile: the training forward compiles" in first.stdout
+    srtrain([*job, "--epochs=2", "--resume=auto"], tmp_path, check=True)
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    weights = load_file(out / "checkpoints" / "last" / "model.safetensors")
+    assert weights.keys() == build_model("espcn", 4).state_dict().keys()  # no `_orig_mod.` prefixes
+    result = eval_on_tiny_val(out, tmp_path)  # validation ran the eager float32 module, as eval does
+    best = max(rows, key=lambda r: r["psnr_y"])
     assert result["psnr_y"] == pytest.approx(best["psnr_y"], abs=1e-9)
-    assert result["ssim_y"] == pytest.approx(best["ssim_y"], abs=1e-9)
 
 
-def test_bf16_run_validates_in_fp32_like_eval_and_says_which_precision_wins(photo_folder, tmp_path):
-    """One source of truth: the job's mixed_precision beats the launcher's, and says so; bf16 is for training
-    steps only, so the logged validation score is the one `srtrain eval` (float32) gives for the checkpoint."""
+@pytest.mark.slow
+def test_compile_without_a_compiler_stops_before_training(photo_folder, tmp_path):
     out = tmp_path / "run"
-    launcher = [*accelerate_launch(1), str(ROOT / "srtrain" / "main.py")]
-    launcher[launcher.index("--mixed_precision") + 1] = "fp16"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    job = tiny_job(photo_folder, out, "--epochs=1", "--mixed_precision=bf16")
-    proc = subprocess.run(launcher + job, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "--mixed_precision=fp16 is ignored: the job's mixed_precision=bf16 decides" in " ".join(proc.stdout.split())
-    assert yaml.safe_load((out / "config.yaml").read_text())["mixed_precision"] == "bf16"
-    result = eval_on_tiny_val(out, tmp_path)
-    (logged,) = metrics(out)
-    assert result["psnr_y"] == pytest.approx(logged["psnr_y"], abs=1e-9)
-    assert result["ssim_y"] == pytest.approx(logged["ssim_y"], abs=1e-9)
+    env = {"WANDB_MODE": "offline", "CXX": str(tmp_path / "no-such-g++")}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")  # a cold cache: nothing compiled to reuse
+    proc = python([MAIN, *tiny_job(photo_folder, out, "--compile=true")], check=False, **env)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    message = " ".join(proc.stderr.split())
+    assert "compile: true, but torch.compile fails on cpu" in message and "set --compile=false" in message
+    assert "Traceback" not in proc.stderr
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()

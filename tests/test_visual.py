@@ -4,7 +4,7 @@ exactly the pixels of the images they come from."""
 import numpy as np
 import PIL.Image
 import torch
-from conftest import DATA, needs_data
+from helpers import DATA, needs_data
 
 from srtrain.config import DataConfig
 from srtrain.data import ValImages, load_images

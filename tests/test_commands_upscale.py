@@ -1,11 +1,12 @@
-"""`srtrain upscale` on real files: sizes, modes and formats kept, tiles equal the whole image, no overwriting
-without --force, and a corrupt file among good ones is skipped by name with a failing exit code."""
+"""`srtrain upscale` (srtrain/upscale.py) on real files: sizes, modes and formats kept, tiles equal the whole
+image, no overwriting without --force, and a corrupt file among good ones is skipped by name with a failing exit
+code."""
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, needs_data
+from helpers import DATA, needs_data
 from safetensors.torch import save_file
 
 from srtrain.cli import main

@@ -1,4 +1,5 @@
-"""Official weights of published models (../shared/weights) load as their authors saved them and reproduce the
+"""Weight files (srtrain/models/weights.py): safetensors and torch files load strictly, mismatches are named, and
+official weights of published models (../shared/weights) load as their authors saved them and reproduce the
 published tables through `srtrain eval`: IMDN to 0.02 dB / 0.001, CARN-M to 0.2 dB (its authors say the paper's
 figures cannot be reproduced exactly from the released file)."""
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, needs_data
+from helpers import DATA, make_model, needs_data
+from safetensors.torch import save_file
 
 from srtrain.cli import main
 from srtrain.models import build_model
@@ -15,7 +17,7 @@ from srtrain.models.profile import trainable_parameters
 from srtrain.models.weights import WeightsError, load_model_weights, load_weights
 
 WEIGHTS = DATA.parent / "weights"
-pytestmark = [needs_data, pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared/weights is absent")]
+needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared/weights is absent")
 
 # Hui et al. 2019, Table 3; Ahn et al. 2018, Table 3 (PSNR-Y / SSIM-Y; Set5, Set14).
 IMDN = {
@@ -37,6 +39,9 @@ def eval_json(tmp_path: Path, *args: str) -> dict[str, dict]:
     return {r["dataset"]: r for r in json.loads(out.read_text())["results"]}
 
 
+@needs_data
+@needs_weights
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_imdn_loads_strictly_and_reproduces_the_paper(scale, tmp_path):
     model = build_model("imdn", scale)
@@ -49,6 +54,9 @@ def test_imdn_loads_strictly_and_reproduces_the_paper(scale, tmp_path):
         assert abs(results[dataset]["ssim_y"] - ssim) <= 0.001, (dataset, results[dataset]["ssim_y"])
 
 
+@needs_data
+@needs_weights
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_carn_m_fills_the_branch_of_its_scale_and_scores_near_the_paper(scale, tmp_path):
     file = WEIGHTS / "carn_m.pth"
@@ -67,6 +75,27 @@ def test_carn_m_fills_the_branch_of_its_scale_and_scores_near_the_paper(scale, t
         assert abs(results[dataset]["ssim_y"] - ssim) <= 0.005, (dataset, results[dataset]["ssim_y"])
 
 
+def test_weight_files_load_and_mismatches_list_keys(tmp_path):
+    source = make_model("espcn", 2)
+    save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "w.pth")
+    for file in ("w.safetensors", "w.pth"):
+        target = make_model("espcn", 2)
+        load_model_weights(target, tmp_path / file)
+        assert all(
+            torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values(), strict=True)
+        )
+    with pytest.raises(WeightsError, match=r"missing keys \['body.0.body.0.bias'.*unexpected keys \['body.0.bias'"):
+        load_model_weights(make_model("edsr", 2), tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError, match=r"body.0.weight: file \[64, 3, 5, 5\], model \[64, 3, 9, 9\]"):
+        load_model_weights(make_model("srcnn", 2), tmp_path / "w.safetensors")  # same keys, other shapes
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickle.pth")  # an object, not weights
+    with pytest.raises(WeightsError, match="weights-only"):
+        load_model_weights(make_model("espcn", 2), tmp_path / "pickle.pth")
+
+
+@needs_data
+@needs_weights
 def test_wrong_files_are_refused_with_the_fix(tmp_path):
     with pytest.raises(WeightsError, match="missing keys"):  # the multi-scale CARN-M file is not full CARN
         load_model_weights(build_model("carn", 4), WEIGHTS / "carn_m.pth")
@@ -80,6 +109,8 @@ def test_wrong_files_are_refused_with_the_fix(tmp_path):
     assert str(whole) in str(err.value)
 
 
+@needs_data
+@needs_weights
 def test_bad_model_option_names_the_valid_ones(capsys):
     args = ["eval", "--model", "carn", "--option", "tiny=true", "--data", str(DATA / "Set5"), "--scale", "4"]
     assert main(args) == 2

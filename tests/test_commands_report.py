@@ -1,16 +1,14 @@
-"""`srtrain report` from real short runs: grouped leaderboards sorted by best PSNR-Y, every linked image exists
-and opens, no overwriting without --force, and the leaderboard as a W&B Table (offline files read back)."""
+"""`srtrain report` (srtrain/report.py) from real short runs: grouped leaderboards sorted by best PSNR-Y, every
+linked image exists and opens, no overwriting without --force, and the leaderboard as a W&B Table (offline files
+read back)."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import PIL.Image
 import pytest
-from conftest import DATA, needs_data
+from helpers import DATA, metrics, needs_data, python
 
 from srtrain.cli import main
 from srtrain.config import load_config
@@ -46,6 +44,7 @@ def runs(tmp_path_factory, photo_folder):
     return out
 
 
+@pytest.mark.slow
 def test_report_groups_ranks_and_links_images_that_open(runs, tmp_path):
     out = tmp_path / "report"
     assert main(["report", *map(str, runs), "-o", str(out), "--images", "1"]) == 0
@@ -59,10 +58,11 @@ def test_report_groups_ranks_and_links_images_that_open(runs, tmp_path):
     assert "espcn_x3" not in x2 and "srcnn" not in x3  # different scales are never ranked together
     best = [float(v) for v in re.findall(r"\*\*([0-9.]+)\*\*", x2)]
     assert len(best) == 2 and best == sorted(best, reverse=True)
-    rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(runs[0])
     assert f"**{max(r['psnr_y'] for r in rows):.2f}**" in x2  # the leaderboard shows the run's own numbers
 
 
+@pytest.mark.slow
 def test_report_never_overwrites_without_force(runs, tmp_path, capsys):
     out = tmp_path / "report"
     out.mkdir()
@@ -78,6 +78,7 @@ def test_not_a_run_directory_is_named(tmp_path, capsys):
     assert str(tmp_path) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_leaderboard_as_wandb_table(runs, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -88,19 +89,20 @@ def test_leaderboard_as_wandb_table(runs, tmp_path, monkeypatch):
     assert content["columns"][:3] == ["group", "run", "model"] and len(content["data"]) == 2
 
 
+@pytest.mark.slow
 def test_when_w_b_refuses_the_leaderboard_the_report_is_still_complete(runs, tmp_path):
     """Online W&B without an API key (a machine without a login) fails after report.md is written: status 1 and
     the way out, not a traceback. (A subprocess: W&B keeps the first in-process run's settings.)"""
-    env = {**os.environ, "WANDB_MODE": "online", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)}
-    env.pop("WANDB_API_KEY", None)
+    env = {"WANDB_MODE": "online", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)}  # (no WANDB_API_KEY: conftest)
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "srtrain", "report", str(runs[0]), "-o", str(out), "--images", "1"]
-    proc = subprocess.run([*cmd, "--wandb-project", "p"], capture_output=True, text=True, env=env, timeout=300)
+    cmd = ["-m", "srtrain", "report", str(runs[0]), "-o", str(out), "--images", "1"]
+    proc = python([*cmd, "--wandb-project", "p"], check=False, **env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "the leaderboard was not logged to W&B project p" in proc.stderr and "Traceback" not in proc.stderr
     assert (out / "report.md").read_text().startswith("# srtrain report")
 
 
+@pytest.mark.slow
 def test_a_failed_report_leaves_nothing_that_blocks_its_retry(runs, tmp_path, capsys):
     """The validation images are gone when the crops are drawn: the curves already written go too, so that the
     retry, once the images are back, needs no --force."""
