@@ -9,8 +9,8 @@ import torch
 from helpers import DATA, needs_data, read_rgb
 
 from srtrain.config import DataConfig
-from srtrain.data import DataError, PreparedImages, load_images, prepare
-from srtrain.data.prepare import tile_starts
+from srtrain.data import DataError, PreparedImages, load_images
+from srtrain.data.prepare import prepare, tile_starts
 from srtrain.data.prepared import MANIFEST, verify_prepared
 from srtrain.data.sources import DEFAULT_TRAIN
 from srtrain.degradation import imresize, modcrop

@@ -227,7 +227,7 @@ def test_the_run_directory_layout_is_named_in_one_place(tmp_path):
 
 
 def test_a_saved_configuration_reads_back_as_the_config_that_wrote_it(tmp_path):
-    cfg = load_config(overrides={"model": "edsr", "model.blocks": "4", "scale": "3", "data.repeat": "2"})
+    cfg = load_config(overrides={"model": "edsr", "model.n_blocks": "4", "scale": "3", "data.repeat": "2"})
     (tmp_path / "config.yaml").write_text(cfg.to_yaml())
     assert saved_config(tmp_path / "config.yaml") == cfg
 
