@@ -46,6 +46,7 @@ def accelerate_launch(processes: int) -> list[str]:
 
 
 def finished(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    """`proc`, asserted to have ended with 0 when `check` (the failure shows the end of its output)."""
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
