@@ -114,7 +114,7 @@ def test_every_flip_and_rotation_is_random_patchs():
                 draw = y + positions_y * (x + positions_x * flips)
                 wanted.append(random_patch(array, None, 1, size, draw)[1])
                 cases.append((which, y, x, flips))
-    which, y, x, flips = torch.tensor(cases).unbind(1)
+    which, y, x, flips = np.array(cases).T
     assert torch.equal(cut_patches(images, which, y, x, flips, size), torch.stack(wanted))
 
 

@@ -3,17 +3,19 @@ accelerator, and each batch cut from them by one gather.
 
 Why: the host path (`TrainPatches`) cuts every patch in Python on the CPU and copies the batch to the device, so a
 small model's GPU waits on the host between steps. Here the host only hashes each sample's draw (`sample_draw`,
-decoded by `patch_position` as the host path decodes it) and the device gathers the whole batch, the flips and
-rotations folded into the gather's indices. The batches are the host path's bit for bit: the same patches, in the same
-order (the same accelerate-prepared DataLoader, sampler and sharding, over a dataset cut a batch at a time).
+decoded by `patch_position` as the host path decodes it) and computes the batch's gather indices, the flips and
+rotations folded in (a few small numpy operations), and the device gathers the whole batch in one `torch.take`. The
+batches are the host path's bit for bit: the same patches, in the same order (the same accelerate-prepared
+DataLoader, sampler and sharding, over a dataset cut a batch at a time).
 
 This module owns packing the images into one flat buffer per column (`pack_images`), where it is held
-(`holding_device`), the gather (`cut_patches`) and the dataset whose batches are cut so (`DevicePatches`).
+(`holding_device`), the indices (`patch_index`) and the gather (`cut_patches`), and the dataset whose batches are cut
+so (`DevicePatches`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,20 +31,18 @@ GPU_SHARE = (
 
 @dataclass
 class FlatImages:
-    """One column's images (HR or LR) in one flat uint8 buffer: image i's CHW pixels start at `starts[i]`, with
-    `channels` x `sizes[i]` (height, width). `starts` and `sizes` lie with `pixels`, where a batch's indices are
-    computed; `pinned`: the buffer is page-locked host memory, and so is every batch cut from it."""
+    """One column's images (HR or LR) in one flat uint8 buffer, `pixels`: image i's CHW pixels start at `starts[i]`,
+    with `channels` x `sizes[i]` (height, width). `starts` and `sizes` stay on the host, where a batch's indices are
+    computed; `pinned`: `pixels` is page-locked host memory, and so is every batch cut from it."""
 
     pixels: torch.Tensor
-    starts: torch.Tensor
-    sizes: torch.Tensor
+    starts: np.ndarray
+    sizes: np.ndarray
     channels: int
     pinned: bool
 
     def to(self, device: torch.device) -> FlatImages:
-        return FlatImages(
-            self.pixels.to(device), self.starts.to(device), self.sizes.to(device), self.channels, self.pinned
-        )
+        return replace(self, pixels=self.pixels.to(device))
 
 
 def pack_images(arrays: list[np.ndarray], pin: bool) -> FlatImages:
@@ -57,8 +57,8 @@ def pack_images(arrays: list[np.ndarray], pin: bool) -> FlatImages:
     flat = pixels.numpy()
     for array, start in zip(arrays, starts.tolist(), strict=True):
         flat[start : start + array.size] = array.reshape(-1)
-    sizes = torch.tensor([array.shape[1:] for array in arrays], dtype=torch.int64)
-    return FlatImages(pixels, torch.from_numpy(starts), sizes, channels.pop(), pin)
+    sizes = np.array([array.shape[1:] for array in arrays], dtype=np.int64)
+    return FlatImages(pixels, starts, sizes, channels.pop(), pin)
 
 
 def holding_device(nbytes: int, device: torch.device) -> tuple[torch.device, str]:
@@ -77,28 +77,40 @@ def holding_device(nbytes: int, device: torch.device) -> tuple[torch.device, str
     )
 
 
-def cut_patches(
-    images: FlatImages, which: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor, size: int
-) -> torch.Tensor:
-    """(N, C, size, size) uint8 patches of images `which` at (`tops`, `lefts`), each flipped and transposed by its
-    `flips` bits as `random_patch` turns its view, in one gather (`torch.take`) where the images lie.
+def patch_index(
+    images: FlatImages, which: np.ndarray, tops: np.ndarray, lefts: np.ndarray, flips: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices in `images.pixels` of (N, C, size, size) patches of images `which` at (`tops`, `lefts`), each
+    flipped and transposed by its `flips` bits as `random_patch` turns its view, as two parts whose broadcast sum is
+    the index: `down` (N, C, size), where each output row starts, and `across` (N, size), each column's offset.
 
-    The turns are folded into the indices: output pixel (i, j) reads source row `top + (size-1-r if up-down else r)`
-    and column `left + (size-1-q if left-right else q)`, with (r, q) = (j, i) when transposed, else (i, j). Rows and
-    columns are computed per axis (N x size) and summed to full size only at the end."""
-    k = torch.arange(size, device=which.device)
+    The turns are folded in: output pixel (i, j) reads source row `top + (size-1-r if up-down else r)` and column
+    `left + (size-1-q if left-right else q)`, with (r, q) = (j, i) when transposed, else (i, j)."""
+    k = np.arange(size)
 
-    def along(origin: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
-        return origin[:, None] + torch.where(mirrored[:, None], size - 1 - k, k)
+    def along(origin: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+        return origin[:, None] + np.where(mirrored[:, None], size - 1 - k, k)
 
-    heights, widths = images.sizes[which].unbind(1)
+    heights, widths = images.sizes[which].T
     rows = along(tops, flips & 2 != 0) * widths[:, None]
     cols = along(lefts, flips & 1 != 0)
     transposed = (flips & 4 != 0)[:, None]
-    down, across = torch.where(transposed, cols, rows), torch.where(transposed, rows, cols)
-    channels = torch.arange(images.channels, device=k.device)
-    planes = images.starts[which][:, None] + channels * (heights * widths)[:, None]  # (N, C): each channel's start
-    index = (planes[:, :, None] + down[:, None, :])[..., None] + across[:, None, None, :]
+    down, across = np.where(transposed, cols, rows), np.where(transposed, rows, cols)
+    planes = images.starts[which][:, None] + np.arange(images.channels) * (heights * widths)[:, None]  # (N, C)
+    return planes[:, :, None] + down[:, None, :], across
+
+
+def cut_patches(
+    images: FlatImages, which: np.ndarray, tops: np.ndarray, lefts: np.ndarray, flips: np.ndarray, size: int
+) -> torch.Tensor:
+    """The patches `patch_index` places, (N, C, size, size) uint8, cut by one gather (`torch.take`) where the images
+    lie. The index parts go there in one copy; the full index is made there by one broadcast add."""
+    down, across = patch_index(images, which, tops, lefts, flips, size)
+    parts = torch.from_numpy(np.concatenate([down.ravel(), across.ravel()]))
+    if images.pixels.is_cuda:
+        parts = parts.pin_memory()  # copied without waiting on the steps queued before it
+    parts = parts.to(images.pixels.device, non_blocking=True)
+    index = parts[: down.size].view(down.shape)[..., None] + parts[down.size :].view(across.shape)[:, None, None, :]
     out = torch.empty(index.shape, dtype=torch.uint8, device=index.device, pin_memory=images.pinned)
     return torch.take(images.pixels, index, out=out)
 
@@ -121,11 +133,11 @@ class DevicePatches(Dataset):
         arrays = [images.arrays(i) for i in range(len(images))]
         hr = [pair[0] for pair in arrays]
         lr = None if arrays[0][1] is None else [pair[1] for pair in arrays]
-        self.store, self.where = holding_device(sum(a.nbytes for a in hr + (lr or [])), device)
-        pin = self.store.type == "cpu" and device.type == "cuda"
-        self.hr = pack_images(hr, pin).to(self.store)
-        self.lr = None if lr is None else pack_images(lr, pin).to(self.store)
-        self.hr_sizes = [array.shape[1:] for array in hr]  # on the host: placing a patch reads nothing from the device
+        store, self.where = holding_device(sum(a.nbytes for a in hr + (lr or [])), device)
+        pin = store.type == "cpu" and device.type == "cuda"
+        self.hr = pack_images(hr, pin).to(store)
+        self.lr = None if lr is None else pack_images(lr, pin).to(store)
+        self.hr_sizes = self.hr.sizes.tolist()  # Python ints, for `patch_position`'s arithmetic on 128-bit draws
         self.images = range(len(images))  # the training images' numbers (as many as `TrainPatches.images` holds)
         self.scale, self.patch_size, self.repeat, self.seed, self.device = scale, patch_size, repeat, seed, device
         self.epoch = 0
@@ -139,16 +151,15 @@ class DevicePatches(Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """The batch of samples `indices` on the training device: sample `index` is patch `index % repeat` of image
         `index // repeat`, placed and turned by `patch_position` from `sample_draw`, as `TrainPatches` cuts it. The
-        host computes (index, image, y, x, flips) per sample; one small copy takes them to where the images are."""
+        host places every sample and computes the gather indices; the device cuts."""
         s, lr_patch = self.scale, self.patch_size // self.scale
         rows = []
         for index in indices:
             height, width = self.hr_sizes[index // self.repeat]
             place = patch_position(sample_draw(self.seed, self.epoch, index), height // s, width // s, lr_patch)
-            rows.append((index, index // self.repeat, *place))
-        table = torch.tensor(rows, dtype=torch.int64, pin_memory=self.store.type == "cuda")
-        index, which, y, x, flips = table.to(self.store, non_blocking=True).unbind(1)
-        batch = {"hr": cut_patches(self.hr, which, y * s, x * s, flips, lr_patch * s), "index": index.contiguous()}
+            rows.append((index // self.repeat, *place))
+        which, y, x, flips = np.array(rows, dtype=np.int64).T
+        batch = {"hr": cut_patches(self.hr, which, y * s, x * s, flips, lr_patch * s), "index": torch.tensor(indices)}
         if self.lr is not None:
             batch = {"lr": cut_patches(self.lr, which, y, x, flips, lr_patch), **batch}
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
