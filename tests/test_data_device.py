@@ -31,7 +31,7 @@ SCALES = (2, 3, 4)
 # (width, height) of crops of 5 bundled photographs, none a multiple of every scale: offsets, widths and the
 # modcrop remainder all matter
 CROPS = [(101, 77), (64, 90), (120, 120), (49, 53), (88, 61)]
-PATCH, BATCH, REPEAT = 24, 4, 3  # 5 images x 3 = 15 samples: 3 batches of 4 per epoch, the last sample dropped
+PATCH, BATCH, REPEAT = 24, 4, 3  # a folder: 5 images x 3 = 15 samples, 3 batches of 4 (a prepared set has more tiles)
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,8 @@ from torch.utils.data import Dataset
 from srtrain.data.images import TrainImages
 from srtrain.data.patches import patch_position, sample_draw
 
-GPU_SHARE = (
-    0.5  # the most of a GPU's free memory the images may take: the model, activations and optimizer need the rest
-)
+# the most of a GPU's free memory the images may take: the model, its activations and the optimizer need the rest
+GPU_SHARE = 0.5
 
 
 @dataclass
