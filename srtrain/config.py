@@ -45,7 +45,8 @@ class DataConfig:
     models) or with the gray level used directly as Y (as the published bicubic tables were made).
     `streaming` reads the training source as a stream split across processes instead of opening it whole
     (for sources too large to index or download first). Unusable images stop the job before training unless
-    `skip_bad`, which skips them with a warning each, up to `max_bad_fraction` of a source.
+    `skip_bad`, which skips them with a warning each, up to `max_bad_fraction` of a source. `on_device` holds the
+    decoded training images on the accelerator and cuts each batch there (`srtrain.data.device`; docs/data.md).
     """
 
     train: str = "default"
@@ -60,6 +61,7 @@ class DataConfig:
     max_val_images: int = 0
     gray: Literal["replicate", "direct"] = "replicate"
     streaming: bool = False
+    on_device: bool = False
     skip_bad: bool = False
     max_bad_fraction: float = 0.01
 
@@ -372,6 +374,16 @@ def validate(cfg: Config) -> None:
         (
             cfg.data.num_workers >= 0,
             f"data.num_workers must be >= 0 (0 = load in the main process), got {cfg.data.num_workers}",
+        ),
+        (
+            not (cfg.data.on_device and cfg.data.streaming),
+            "data.on_device holds the whole training set on the device, which a stream never is: set "
+            "--data.streaming=false (or --data.on_device=false)",
+        ),
+        (
+            not (cfg.data.on_device and cfg.data.num_workers),
+            "data.on_device cuts each batch in the main process (one gather on the device, nothing for loader workers "
+            f"to do): set --data.num_workers=0 (now {cfg.data.num_workers}) or --data.on_device=false",
         ),
         (cfg.data.max_val_images >= 0, f"data.max_val_images must be >= 0 (0 = all), got {cfg.data.max_val_images}"),
         (0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}"),

@@ -64,6 +64,8 @@ MEANING = {
     "data.skip_bad": "skip unusable images with a warning naming each, instead of stopping before training",
     "data.max_bad_fraction": "with `skip_bad`, stop when more than this fraction of a source is unusable",
     "data.streaming": "stream the training source, split across processes and workers (data.md)",
+    "data.on_device": "hold the decoded training images on the GPU (or CPU) and cut each batch there, one gather "
+    "(data.md)",
     "wandb.project": "W&B project",
     "wandb.entity": "W&B entity (team or user)",
     "wandb.name": "W&B run name",

@@ -47,7 +47,9 @@ def make_accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
         log_with="wandb" if tracking else None,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # non_blocking: a prepared loader's batch (pinned by its DataLoader) is copied to the GPU without waiting
+        # for the steps queued before it; accelerate's default waits
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=not use_cpu),
     )
     check_launch(accelerator)
     if (note := launcher_disagrees(mixed_precision)) and accelerator.is_main_process:

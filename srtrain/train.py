@@ -30,7 +30,17 @@ from srtrain.checkpoint import (
     save_checkpoint,
 )
 from srtrain.config import Config, ConfigError
-from srtrain.data import StreamLoader, StreamPatches, TrainImages, TrainPatches, ValImages, load_images, training_pair
+from srtrain.data import (
+    DevicePatches,
+    StreamLoader,
+    StreamPatches,
+    TrainImages,
+    TrainPatches,
+    ValImages,
+    load_images,
+    training_pair,
+    whole_batch,
+)
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.files import first_line, write_text_atomically
@@ -128,7 +138,9 @@ def checked(images: TrainImages, cfg: Config, min_hr: int, fix: str, main: bool)
 
 def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader | StreamLoader:
     """This process's training batches: the patch dataset, checked, then sharded by accelerate's `prepare`;
-    a streamed source (`data.streaming`) is split by `StreamPatches` itself and must not be sharded again."""
+    a streamed source (`data.streaming`) is split by `StreamPatches` itself and must not be sharded again. With
+    `data.on_device` the same loader's batches are cut where the model trains (`DevicePatches`), not in the host's
+    loader."""
     fix = f"lower --patch_size (now {cfg.patch_size}) or remove the image"
     if cfg.data.streaming:
         patches = StreamPatches(
@@ -143,15 +155,14 @@ def make_train_loader(cfg: Config, accelerator: Accelerator) -> DataLoader | Str
         )
         return StreamLoader(loader, accelerator.device)
     images = checked(load_images(cfg.data, "train"), cfg, cfg.patch_size, fix, accelerator.is_main_process)
+    order = {"batch_size": cfg.batch_size, "shuffle": True, "drop_last": True}  # the same batches on both paths
+    if cfg.data.on_device:
+        patches = DevicePatches(images, cfg.scale, cfg.patch_size, cfg.data.repeat, cfg.seed, accelerator.device)
+        if accelerator.is_main_process:
+            console.print(f"[bold]note:[/] data.on_device: {patches.where}")
+        return accelerator.prepare(DataLoader(patches, collate_fn=whole_batch, **order))
     patches = TrainPatches(images, cfg.scale, cfg.patch_size, cfg.data.repeat, cfg.seed)
-    loader = DataLoader(
-        patches,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        pin_memory=torch.cuda.is_available(),
-    )
+    loader = DataLoader(patches, num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(), **order)
     return accelerator.prepare(loader)
 
 

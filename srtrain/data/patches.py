@@ -41,6 +41,18 @@ def sample_draw(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest, "little")
 
 
+def patch_position(draw: int, lr_height: int, lr_width: int, lr_patch: int) -> tuple[int, int, int]:
+    """Where a sample's patch lies and how it is turned, decoded from its `draw` (`sample_draw`): top and left in LR
+    pixels (HR: times the scale) and the flip bits (1: left-right, 2: up-down, 4: transpose, applied in that order).
+
+    `lr_height` and `lr_width` are the HR image's sides divided by the scale. The one decoding of the draw, shared
+    by the host path (`random_patch`) and the device path (`srtrain.data.device`), so both cut the same patch."""
+    positions_y, positions_x = lr_height - lr_patch + 1, lr_width - lr_patch + 1
+    y, draw = draw % positions_y, draw // positions_y
+    x, flips = draw % positions_x, draw // positions_x
+    return y, x, flips & 7
+
+
 def random_patch(
     hr: np.ndarray, lr: np.ndarray | None, scale: int, patch_size: int, draw: int
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -49,12 +61,11 @@ def random_patch(
     `hr` and `lr` are the whole images as (read-only) CHW arrays; the patch is cut, flipped and rotated as a view
     and copied once. LR is cut from the paired LR image, else None: `training_pair` makes it from the HR patch
     once the batch is on the device, so that loader workers only crop and flip uint8. All randomness comes from
-    `draw` (`sample_draw`), so the map-style and the streaming path cut the same patch for the same sample.
+    `draw` (`sample_draw`, decoded by `patch_position`), so the map-style, streaming and device paths cut the same
+    patch for the same sample.
     """
     s, lr_patch = scale, patch_size // scale
-    positions_y, positions_x = hr.shape[-2] // s - lr_patch + 1, hr.shape[-1] // s - lr_patch + 1
-    y, draw = draw % positions_y, draw // positions_y
-    x, flips = draw % positions_x, draw // positions_x
+    y, x, flips = patch_position(draw, hr.shape[-2] // s, hr.shape[-1] // s, lr_patch)
 
     def cut(image: np.ndarray, top: int, left: int, size: int) -> torch.Tensor:
         view = image[:, top : top + size, left : left + size]
