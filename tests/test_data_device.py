@@ -6,17 +6,14 @@ On CPU the images are held in memory; the CUDA tests (GPU memory, and the pinned
 a GPU. Their data are crops of the photographs bundled with scikit-image, so that they run where ../shared is absent.
 """
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, needs_data
+from helpers import DATA, needs_data, srtrain
 from safetensors.torch import load_file
 
 from srtrain.config import ConfigError, DataConfig, load_config
@@ -138,13 +135,6 @@ def test_on_device_refuses_streams_and_loader_workers(overrides, fix):
         load_config(overrides={"data.on_device": True, **overrides})
 
 
-def srtrain(args: list[str], cwd: Path, fault: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "SRTRAIN_FAULT": fault}
-    return subprocess.run(
-        [sys.executable, "-m", "srtrain", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
-    )
-
-
 @needs_data
 def test_a_device_run_killed_mid_epoch_resumes_to_the_host_runs_weights(tmp_path):
     """2 epochs of 4 steps, a checkpoint every step, cosine LR. Killed in step 3 (it resumes 2 batches into epoch 1)
@@ -174,12 +164,13 @@ def test_a_device_run_killed_mid_epoch_resumes_to_the_host_runs_weights(tmp_path
         ]
 
     host, device = tmp_path / "host", tmp_path / "device"
-    proc = srtrain(job(host), tmp_path)
+    proc = srtrain(job(host), tmp_path, wandb="disabled")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for i, fault in enumerate(("kill:step:3", "kill:step:6")):
-        proc = srtrain(job(device, "--data.on_device=true", *(["--resume=auto"] if i else [])), tmp_path, fault)
+        resume = ["--resume=auto"] if i else []
+        proc = srtrain(job(device, "--data.on_device=true", *resume), tmp_path, fault, "disabled")
         assert proc.returncode == -signal.SIGKILL, (fault, proc.stderr[-3000:])
-    proc = srtrain(job(device, "--data.on_device=true", "--resume=auto"), tmp_path)
+    proc = srtrain(job(device, "--data.on_device=true", "--resume=auto"), tmp_path, wandb="disabled")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "data.on_device:" in proc.stdout and "held in memory on cpu" in proc.stdout
     assert "resuming at step 5 (epoch 2, batch 1)" in proc.stdout
