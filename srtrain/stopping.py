@@ -3,8 +3,9 @@
 A batch system preempts a job with a signal (SLURM: SIGTERM, or SIGUSR1/SIGUSR2 with `--signal`), a user with
 Ctrl-C. It saves `checkpoints/last`, leaves a marker (`RunDir.stopped`) in the run directory, finishes W&B and
 exits with `EXIT_RESUMABLE`. A second SIGINT exits at once, without a checkpoint.
-- Several processes: each finishes the current step and all agree in the step's one collective (so that no rank
-  waits forever for another); torchrun's agent, which forwards the signal, grants them 30 s.
+- Several processes: each finishes the current step and all read the votes from the step's one collective (so
+  that no rank waits forever for another; on a GPU the host reads them `agreement.GPU_LAG` steps later, so all stop
+  that many steps on); torchrun's agent, which forwards the signal, grants them 30 s.
 - One process: a watcher thread hears the signal at once, even inside a long step, and saves the last completed
   step from a forked process. `accelerate launch` 1.16 terminates its child's whole process tree on SIGTERM and
   SIGKILLs it 5 s later, however long the step or the save; a process forked after that moment is out of its
@@ -95,8 +96,9 @@ class StoppedToResume(Exception):
 
 class Stopper:
     """The one place that knows why training stops. `vote()` is this rank's vote for the step's collective;
-    `update` reads the agreed result (any rank signalled; the mean training clock) back. With one process, `arm`
-    hands the stop to a watcher thread instead; the loop changes weights and state only inside `updating()`."""
+    `update` reads the agreed result (any rank signalled; the mean training clock) back (`StepAgreement`). With one
+    process, `arm` hands the stop to a watcher thread instead; the loop changes weights and state only inside
+    `updating()`."""
 
     def __init__(self, budget_s: float) -> None:
         self.budget_s, self.train_seconds = budget_s, 0.0

@@ -1,5 +1,6 @@
-"""The training loop, top to bottom: set-up, resume, then per step train and agree, per epoch validate, checkpoint
-and log. Nothing is lost to a fault but the current step: see docs/faults.md."""
+"""The training loop, top to bottom: set-up, resume, then per step train and post the step's sums (read by the
+host once the device is done with them: srtrain/agreement.py), per epoch validate, checkpoint and log. Nothing is
+lost to a fault but the current step: see docs/faults.md."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
+from srtrain.agreement import StepAgreement, StepSums, lag_for
 from srtrain.checkpoint import (
     CheckpointError,
     TrainState,
@@ -227,47 +229,64 @@ class Job:
     val_set: ValImages
     bicubic_psnr_y: float
     total_steps: int
+    agreement: StepAgreement
     clock0: float = 0.0  # perf_counter() minus the training seconds already spent
+    epoch_began: float = 0.0  # the training seconds when this epoch began
     saved_at_s: float = 0.0  # training seconds at the last checkpoint
     nan_skips: int = 0
 
 
-def finish_step(job: Job, window: torch.Tensor) -> float:
-    """End an optimizer step on every process: one collective agrees on the step's loss (`window`: loss sum,
-    patches), stop signals and the training clock (the step's one host sync); then the update, unless the loss is
-    not finite. Returns the step's mean loss."""
+def finish_step(job: Job, loss_sum: torch.Tensor, patches: int, epoch_end: bool) -> None:
+    """End an optimizer step on every process without waiting for the device: post the step's sums (`loss_sum`:
+    this process's loss times its `patches`, on the device) for the host to read later (`StepAgreement`), then the
+    update, which the optimizer skips on the device where the summed loss is not finite (`found_inf`)."""
     cfg, state, stopper, acc = job.cfg, job.state, job.stopper, job.accelerator
     inject("step", state.step + 1, acc.is_main_process, lambda: bool(stopper.signal_name))
-    status = torch.cat([window, window.new_tensor([stopper.vote(), time.perf_counter() - job.clock0])])
-    loss_sum, patches, signals, seconds = acc.reduce(status, "sum").tolist()
-    stopper.update(signals > 0, seconds / acc.num_processes)
-    state.train_seconds, state.step = stopper.train_seconds, state.step + 1
-    loss = loss_sum / patches
-    if not math.isfinite(loss):
-        job.nan_skips += 1
-        if cfg.nan_policy == "stop" or job.nan_skips > cfg.nan_max_skips:
-            in_a_row = f", {job.nan_skips} steps in a row" if cfg.nan_policy == "skip" else ""
-            raise NonFiniteLossError(
-                f"loss became {loss} at step {state.step} (epoch {state.epoch + 1}){in_a_row}: {fixes(job)}"
-            )
-        job.optimizer.zero_grad(set_to_none=True)
-        return loss
-    if loss > DIVERGED_FACTOR * state.lowest_loss:
-        raise NonFiniteLossError(
-            f"training diverged at step {state.step} (epoch {state.epoch + 1}): the loss is {loss:.4g}, "
-            f"{loss / state.lowest_loss:,.0f} times its lowest ({state.lowest_loss:.4g}), likely a learning rate too "
-            f"high: {fixes(job)}"
-        )
-    job.nan_skips, state.lowest_loss = 0, min(state.lowest_loss, loss)
+    state.step += 1
+    progress = stopper.progress_of_budget() if stopper.budget_s else state.step / job.total_steps
+    lr = lr_at(cfg, progress)
+    clock = time.perf_counter() - job.clock0
+    skip = job.agreement.post(state.step, loss_sum, patches, lr, stopper.vote(), clock, epoch_end)
+    job.optimizer.optimizer.found_inf = skip  # read by the fused Adam(W) step (under fp16, the loss scaler's own)
     if cfg.grad_clip:
         acc.clip_grad_norm_(job.model.parameters(), cfg.grad_clip)
-    progress = stopper.progress_of_budget() if stopper.budget_s else state.step / job.total_steps
     for group in job.optimizer.param_groups:
-        group["lr"] = lr_at(cfg, progress)
+        group["lr"] = lr
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
-    state.epoch_loss_sum, state.epoch_patches = state.epoch_loss_sum + loss_sum, state.epoch_patches + int(patches)
-    return loss
+
+
+def settle(job: Job, steps: list[StepSums]) -> None:
+    """The host's part of steps the device has done, in order: the agreed stop votes and clock, the loss checked
+    (`nan_policy`, divergence), added to the epoch's and logged on the step axis. Raises NonFiniteLossError at the
+    first step that fails a check (every process at the same step), before anything after it is saved."""
+    cfg, state, stopper = job.cfg, job.state, job.stopper
+    for done in steps:
+        stopper.update(done.signals > 0, done.seconds)
+        state.train_seconds = stopper.train_seconds
+        state.epoch_seconds = state.train_seconds - job.epoch_began
+        loss = done.loss
+        if not math.isfinite(loss):
+            job.nan_skips += 1
+            if cfg.nan_policy == "stop" or job.nan_skips > cfg.nan_max_skips:
+                in_a_row = f", {job.nan_skips} steps in a row" if cfg.nan_policy == "skip" else ""
+                raise NonFiniteLossError(
+                    f"loss became {loss} at step {done.step} (epoch {state.epoch + 1}){in_a_row}: {fixes(job)}"
+                )
+        elif loss > DIVERGED_FACTOR * state.lowest_loss:
+            raise NonFiniteLossError(
+                f"training diverged at step {done.step} (epoch {state.epoch + 1}): the loss is {loss:.4g}, "
+                f"{loss / state.lowest_loss:,.0f} times its lowest ({state.lowest_loss:.4g}), likely a learning rate "
+                f"too high: {fixes(job)}"
+            )
+        else:
+            job.nan_skips, state.lowest_loss = 0, min(state.lowest_loss, loss)
+            state.epoch_loss_sum, state.epoch_patches = (
+                state.epoch_loss_sum + done.loss_sum,
+                state.epoch_patches + done.patches,
+            )
+        state.step_values = {"train/loss": loss, "train/lr": done.lr}
+        job.tracker.log_step(done.step, state.step_values, commit=not (done.epoch_end or stopper.out_of_time()))
 
 
 def fixes(job: Job) -> str:
@@ -382,13 +401,15 @@ def save_to_resume(job: Job) -> int:
     the epoch end just did), leave the marker and say so; the exit status. Runs in a forked child on CPU: no
     threads of its own, its line written straight to the file descriptor."""
     torch.set_num_threads(1)  # a forked child has none of the parent's OpenMP threads
-    state, line, status = job.state, f"srtrain: {stop_message(job)}", EXIT_RESUMABLE
+    state, status = job.state, EXIT_RESUMABLE
     try:
+        settle(job, job.agreement.drain())  # on a GPU, the last steps the host had not read yet (none on a CPU)
+        line = f"srtrain: {stop_message(job)}"
         if state.batches_done:
             plain = job.accelerator.unwrap_model(job.model)
             save_checkpoint(job.run.last, plain, job.optimizer, state, job.config_yaml, job.accelerator.scaler)
         job.stopper.write_marker(job.run.stopped, state.step, state.epoch)
-    except (CheckpointError, OSError) as err:
+    except (CheckpointError, OSError, NonFiniteLossError) as err:
         line, status = f"error: {err}", 1
     with suppress(OSError):  # a closed stderr must not turn a saved stop into a failure
         os.write(2, (line + "\n").encode())
@@ -450,7 +471,8 @@ def claimed_job(
     val_loader = DataLoader(val_set, batch_size=1, num_workers=cfg.data.num_workers)
 
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel per update, and the update skipped on the device for a non-finite loss (`finish_step`)
+    optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     loss_fn = torch.nn.functional.l1_loss if cfg.loss == "l1" else torch.nn.functional.mse_loss
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     # accelerate runs the whole forward under autocast; keep that to the training step, so that validation and
@@ -523,6 +545,7 @@ def claimed_job(
         val_set,
         bicubic["psnr_y"].mean().item(),
         cfg.epochs * steps_per_epoch,
+        StepAgreement(accelerator, lag_for(accelerator.device)),
         saved_at_s=state.train_seconds,
     )
     if main:
@@ -594,13 +617,16 @@ def train_loop(job: Job) -> dict[str, float]:
     cfg, acc, model, state = job.cfg, job.accelerator, job.model, job.state
     stopper, loader = job.stopper, job.train_loader
     last: dict[str, float] = {}
-    window = torch.zeros(2, device=acc.device, dtype=torch.float64)  # loss sum, patches of this step
-    pending = 0  # loader batches of the step in progress: part of the state once the step is
+    loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)  # this process's, over the step's patches
+    pending, patches = 0, 0  # loader batches and patches of the step in progress: state once the step is
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if stopper.out_of_time():
             break
         model.train()
-        job.clock0, epoch_began = time.perf_counter() - state.train_seconds, state.train_seconds - state.epoch_seconds
+        job.clock0, job.epoch_began = (
+            time.perf_counter() - state.train_seconds,
+            state.train_seconds - state.epoch_seconds,
+        )
         epoch_done = state.batches_done == len(loader)  # (a stop during validation saved the epoch's last step)
         with progress_bar(epoch, cfg, acc.is_main_process) as bar:
             task = bar.add_task("train", total=len(loader), completed=state.batches_done, loss=float("nan"))
@@ -611,27 +637,25 @@ def train_loop(job: Job) -> dict[str, float]:
                         sr = job.forward(batch["lr"].contiguous(memory_format=job.memory_format))
                     loss = job.loss_fn(sr.float(), batch["hr"])
                     acc.backward(loss)
-                    window += torch.stack(
-                        [loss.detach().double() * len(batch["lr"]), window.new_tensor(len(batch["lr"]))]
-                    )
-                    pending += 1
+                    loss_sum += loss.detach().double() * len(batch["lr"])
+                    pending, patches = pending + 1, patches + len(batch["lr"])
                     if not acc.sync_gradients:
                         continue
                 with stopper.updating():  # weights and state change together (see Stopper.arm)
                     state.batches_done, pending = state.batches_done + pending, 0
-                    step_loss = finish_step(job, window)
-                    window.zero_()
-                    state.epoch_seconds = state.train_seconds - epoch_began
                     epoch_done = state.batches_done == len(loader)
-                    bar.update(task, completed=state.batches_done, loss=step_loss)
-                    state.step_values = {"train/loss": step_loss, "train/lr": job.optimizer.param_groups[0]["lr"]}
-                    job.tracker.log_step(
-                        state.step, state.step_values, commit=not (epoch_done or stopper.out_of_time())
-                    )
-                    if checkpoint_due(job) and not epoch_done and not stopper.stop_now() and not stopper.handing_over():
-                        save_last(job)
+                    finish_step(job, loss_sum, patches, epoch_done)
+                    loss_sum, patches = loss_sum.zero_(), 0
+                    settle(job, job.agreement.ready())
+                    if epoch_done or checkpoint_due(job):
+                        settle(job, job.agreement.drain())  # a checkpoint or validation holds every step before it
+                        if not epoch_done and not stopper.stop_now() and not stopper.handing_over():
+                            save_last(job)
+                    bar.update(task, completed=state.batches_done, loss=state.step_values.get("train/loss", math.nan))
                 if stopper.stop_now():
                     break
+        with stopper.updating():
+            settle(job, job.agreement.drain())  # (a stop before the epoch's end)
         if stopper.agreed_signal and not epoch_done:
             stop_to_resume(job)
         validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs or stopper.out_of_time()
