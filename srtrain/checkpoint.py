@@ -1,11 +1,11 @@
 """Checkpoints: model weights as safetensors plus everything else a resume needs, written atomically.
 
-A checkpoint is a folder: `model.safetensors`, `training_state.pt` (optimizer, grad scaler,
-TrainState; loaded with `weights_only=True`, so nothing arbitrary is unpickled), `config.yaml` and, written last,
-`manifest.json` (each file's size and SHA-256). It is written to a temporary sibling and swapped in with renames
-(`last` -> `last.old`, tmp -> `last`), so a crash or a full disk mid-write leaves the previous checkpoint intact;
-`last.old` stays as the fallback for a damaged `last`: a checkpoint whose manifest does not match its files is
-never resumed from.
+A checkpoint is a folder: `model.safetensors`, with `ema` `ema.safetensors` (the weight average), `training_state.pt`
+(optimizer, grad scaler, TrainState; loaded with `weights_only=True`, so nothing arbitrary is unpickled),
+`config.yaml` and, written last, `manifest.json` (each file's size and SHA-256). It is written to a temporary
+sibling and swapped in with renames (`last` -> `last.old`, tmp -> `last`), so a crash or a full disk mid-write
+leaves the previous checkpoint intact; `last.old` stays as the fallback for a damaged `last`: a checkpoint whose
+manifest does not match its files is never resumed from.
 Data order and augmentation are pure functions of (seed, epoch, index) and the learning rate is a function of
 the TrainState, so no RNG or scheduler state is needed for an exact continuation, also from inside an epoch.
 """
@@ -28,7 +28,7 @@ from srtrain.config import CONFIG_FILE
 from srtrain.faults import inject
 from srtrain.files import first_line, fsync, remove
 from srtrain.manifest import manifest_problem, write_manifest
-from srtrain.models.weights import MODEL_FILE, load_model_weights
+from srtrain.models.weights import EMA_FILE, MODEL_FILE, load_model_weights
 
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -99,17 +99,21 @@ def save_checkpoint(
     state: TrainState,
     config_yaml: str,
     scaler: Any = None,
+    average: nn.Module | None = None,
 ) -> None:
-    """Write a checkpoint folder atomically (main process only); refuse non-finite weights."""
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    """Write a checkpoint folder atomically (main process only), with the weight average `average` where there is
+    one; refuse non-finite weights."""
+    files = {MODEL_FILE: model} | ({EMA_FILE: average} if average is not None else {})
+    weights = {name: {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()} for name, m in files.items()}
+    bad = [k for w in weights.values() for k, v in w.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"not saving {path}: weights {bad[:3]} hold NaN/inf; the previous checkpoint is kept")
     tmp = temporary(path)
     try:
         remove(tmp)
         tmp.mkdir(parents=True)
-        save_file(weights, str(tmp / MODEL_FILE), metadata={"epoch": str(state.epoch)})
+        for name, tensors in weights.items():
+            save_file(tensors, str(tmp / name), metadata={"epoch": str(state.epoch)})
         inject("checkpoint", state.step, True)
         torch.save(
             {
@@ -150,9 +154,14 @@ def read_state(path: Path) -> TrainState:
     return TrainState(**torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)["state"])
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None) -> TrainState:
-    """Restore model, optimizer and scaler in place; return the saved TrainState."""
-    load_model_weights(model, path)
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None, average: nn.Module | None = None
+) -> TrainState:
+    """Restore model, optimizer, scaler and the weight average (`average`, with `ema`) in place; return the saved
+    TrainState."""
+    load_model_weights(model, path, raw=True)
+    if average is not None:
+        load_model_weights(average, path)
     saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     if scaler is not None and saved["scaler"] is not None:

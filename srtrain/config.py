@@ -88,7 +88,8 @@ class Config:
     `checkpoint_every` (optimizer steps) and `checkpoint_every_min` (training minutes) also save `checkpoints/last`
     inside an epoch (0: only at epoch ends). `nan_policy: skip` skips a step whose loss is NaN/inf instead of
     stopping, up to `nan_max_skips` in a row. `compile` runs the training forward through torch.compile
-    (docs/performance.md says where it pays).
+    (docs/performance.md says where it pays). `ema` > 0 keeps an exponential moving average of the weights with that
+    decay (srtrain/ema.py), validated beside the trained weights, followed by `best` and used by eval.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -124,6 +125,7 @@ class Config:
     checkpoint_every_min: float = 0.0
     nan_policy: Literal["stop", "skip"] = "stop"
     nan_max_skips: int = 10
+    ema: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as written to `config.yaml` and sent to W&B."""
@@ -400,6 +402,7 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.checkpoint_every_min >= 0, f"checkpoint_every_min must be >= 0 (0 = off), got {cfg.checkpoint_every_min}"),
         (cfg.nan_max_skips >= 1, f"nan_max_skips must be >= 1, got {cfg.nan_max_skips}"),
+        (0 <= cfg.ema < 1, f"ema (the weight average's decay, e.g. 0.999; 0 = off) must be in [0, 1), got {cfg.ema}"),
         (0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (torch and numpy seeds), got {cfg.seed}"),
         (
             not cfg.output_dir or not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(),

@@ -48,6 +48,11 @@ MEANING = {
     "checkpoint_every_min": "also save `checkpoints/last` every N minutes of training (0 = off; faults.md)",
     "nan_policy": "a NaN/inf loss `stop`s the run, or is `skip`ped and counted",
     "nan_max_skips": "with `nan_policy: skip`, this many skipped steps in a row stop the run",
+    "ema": (
+        "decay of an exponential moving average of the weights (0.999 as BasicSR, SwinIR, HAT; 0 = off), "
+        "validated beside the trained weights each epoch; `best`, eval, upscale and report use it "
+        "(`--raw_weights`: the trained ones)"
+    ),
     "val_every": "validate (and update `best`) every N epochs; `last` is checkpointed every epoch",
     "num_samples": "sample grids of the first N validation images",
     "data.train": "`default`, an image folder, `.parquet`/`.arrow`, a `save_to_disk` folder or a Hub id (data.md)",

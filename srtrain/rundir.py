@@ -388,11 +388,12 @@ def find_checkpoint(path: Path) -> Path:
     raise ValueError(f"'{path}' is not a run directory or checkpoint folder (no {MODEL_FILE} + {STATE_FILE})")
 
 
-def model_from_checkpoint(path: Path) -> tuple[nn.Module, int]:
-    """Rebuild a trained model from a run directory or checkpoint folder: (model, scale)."""
+def model_from_checkpoint(path: Path, raw: bool = False) -> tuple[nn.Module, int]:
+    """Rebuild a trained model from a run directory or checkpoint folder, with its weight average where it has one
+    (unless `raw`): (model, scale)."""
     ckpt = find_checkpoint(path)
     cfg = saved_config(ckpt / CONFIG_FILE)
     options = cfg.model.args | weights_free_options(cfg.model.name)
     model = build_model(cfg.model.name, cfg.scale, **options)
-    load_model_weights(model, ckpt)
+    load_model_weights(model, ckpt, raw)
     return model, cfg.scale

@@ -40,6 +40,7 @@ TABLE_COLUMNS = [
     ("train", "train_loss"),
     ("val", "val_loss"),
     ("PSNR-Y", "psnr_y"),
+    ("raw PSNR-Y", "raw_psnr_y"),  # with `ema`: the trained weights' (PSNR-Y is the average's)
     ("SSIM-Y", "ssim_y"),
     ("PSNR-RGB", "psnr_rgb"),
     ("lr", "lr"),

@@ -43,6 +43,7 @@ from srtrain.data import (
     training_pair,
     whole_batch,
 )
+from srtrain.ema import WeightAverage
 from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.files import first_line, write_text_atomically
@@ -118,10 +119,10 @@ def training_forward(model: torch.nn.Module, cfg: Config, accelerator: Accelerat
     return torch.compile(model)
 
 
-def check_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> None:
-    """All replicas must hold identical weights (DDP applies the same averaged gradients everywhere); a
-    checksum per process proves it at every checkpoint and stops a run whose ranks drifted apart."""
-    checksum = sum(p.detach().double().sum() for p in model.parameters()).reshape(1)
+def check_in_sync(accelerator: Accelerator, *models: torch.nn.Module) -> None:
+    """All replicas must hold identical weights (DDP applies the same averaged gradients everywhere), and identical
+    weight averages; a checksum per process proves it at every checkpoint and stops a run whose ranks drifted apart."""
+    checksum = sum(p.detach().double().sum() for model in models for p in model.parameters()).reshape(1)
     sums = accelerator.gather(checksum)
     if not bool((sums == sums[0]).all()):
         raise RuntimeError(f"model replicas differ across processes (weight checksums {sums.tolist()})")
@@ -230,6 +231,7 @@ class Job:
     bicubic_psnr_y: float
     total_steps: int
     agreement: StepAgreement
+    average: WeightAverage | None  # with `ema`: what is validated, sampled and kept as `best`
     clock0: float = 0.0  # perf_counter() minus the training seconds already spent
     epoch_began: float = 0.0  # the training seconds when this epoch began
     saved_at_s: float = 0.0  # training seconds at the last checkpoint
@@ -253,6 +255,8 @@ def finish_step(job: Job, loss_sum: torch.Tensor, patches: int, epoch_end: bool)
     for group in job.optimizer.param_groups:
         group["lr"] = lr
     update(job.optimizer.optimizer, acc.scaler)
+    if job.average:
+        job.average.update(state.step, skip)
 
 
 def update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -318,12 +322,16 @@ def fixes(job: Job) -> str:
 
 def save_last(job: Job) -> None:
     """Checkpoint this step to `checkpoints/last` (every process calls: the replicas are compared first)."""
-    check_in_sync(job.model, job.accelerator)
+    check_in_sync(job.accelerator, job.model, *([job.average.model] if job.average else []))
     job.saved_at_s = job.state.train_seconds
-    plain, scaler = job.accelerator.unwrap_model(job.model), job.accelerator.scaler
-    on_main(
-        job.accelerator, lambda: save_checkpoint(job.run.last, plain, job.optimizer, job.state, job.config_yaml, scaler)
-    )
+    on_main(job.accelerator, lambda: write_last(job))
+
+
+def write_last(job: Job) -> None:
+    """Write `checkpoints/last` from the state as it is (one process)."""
+    acc, average = job.accelerator, job.average.model if job.average else None
+    plain = acc.unwrap_model(job.model)
+    save_checkpoint(job.run.last, plain, job.optimizer, job.state, job.config_yaml, acc.scaler, average)
 
 
 def checkpoint_due(job: Job) -> bool:
@@ -334,13 +342,15 @@ def checkpoint_due(job: Job) -> bool:
 
 
 def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
-    """Validate (when due), checkpoint, then publish: W&B and metrics.jsonl committed right after the checkpoint
-    (a resume restores a row a kill cut off), then samples and `best`. Returns the epoch's metrics."""
+    """Validate (when due: the weight average with `ema`, and the trained weights beside it), checkpoint, then
+    publish: W&B and metrics.jsonl committed right after the checkpoint (a resume restores a row a kill cut off),
+    then samples and `best`. Returns the epoch's metrics."""
     cfg, state, acc = job.cfg, job.state, job.accelerator
     row: dict[str, float] = {}
     if validate:
         inject("validation", epoch, acc.is_main_process)
-        val = evaluate(job.model, job.val_loader, acc, cfg.scale, job.loss_fn, gray=cfg.data.gray)
+        evaluated = job.average.model if job.average else job.model
+        val = evaluate(evaluated, job.val_loader, acc, cfg.scale, job.loss_fn, gray=cfg.data.gray)
         row = {
             "train_loss": state.epoch_loss_sum / state.epoch_patches if state.epoch_patches else float("nan"),
             "val_loss": val["loss"].mean().item(),
@@ -353,6 +363,9 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
             "patches_per_s": state.epoch_patches / state.epoch_seconds if state.epoch_seconds else 0.0,
             "train_minutes": state.train_seconds / 60,
         }
+        if job.average:  # the row's scores are the average's; the trained weights' beside them
+            raw = evaluate(job.model, job.val_loader, acc, cfg.scale, gray=cfg.data.gray)
+            row |= {"raw_psnr_y": raw["psnr_y"].mean().item(), "raw_ssim_y": raw["ssim_y"].mean().item()}
     with job.stopper.updating():  # a stop signal during validation saves the epoch's last step (one process)
         return close_epoch(job, epoch, row)
 
@@ -373,7 +386,7 @@ def close_epoch(job: Job, epoch: int, row: dict[str, float]) -> dict[str, float]
         inject("epoch_end", epoch, True)
         if not row:
             return
-        plain = acc.unwrap_model(job.model)
+        plain = job.average.model if job.average else acc.unwrap_model(job.model)
         samples = [sample_grid(plain, job.val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(job.val_set)))]
         job.tracker.log_samples(samples, epoch, state.step)
         job.tracker.log_epoch(row, epoch, state.step)
@@ -417,8 +430,7 @@ def save_to_resume(job: Job) -> int:
         settle(job, job.agreement.drain())  # on a GPU, the last steps the host had not read yet (none on a CPU)
         line = f"srtrain: {stop_message(job)}"
         if state.batches_done:
-            plain = job.accelerator.unwrap_model(job.model)
-            save_checkpoint(job.run.last, plain, job.optimizer, state, job.config_yaml, job.accelerator.scaler)
+            write_last(job)
         job.stopper.write_marker(job.run.stopped, state.step, state.epoch)
     except (CheckpointError, OSError, NonFiniteLossError) as err:
         line, status = f"error: {err}", 1
@@ -489,6 +501,7 @@ def claimed_job(
     # accelerate runs the whole forward under autocast; keep that to the training step, so that validation and
     # samples score the float32 output `srtrain eval` gives for the saved weights
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    average = WeightAverage(accelerator.unwrap_model(model), cfg.ema) if cfg.ema else None
     forward = training_forward(model, cfg, accelerator)
     # accelerate also steps on an epoch's last batch, so an epoch of n batches has ceil(n / grad_accum) steps
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
@@ -500,7 +513,8 @@ def claimed_job(
 
     state = TrainState()
     if run.ckpt is not None:
-        state = load_checkpoint(run.ckpt, accelerator.unwrap_model(model), optimizer, accelerator.scaler)
+        plain, averaged = accelerator.unwrap_model(model), average.model if average else None
+        state = load_checkpoint(run.ckpt, plain, optimizer, accelerator.scaler, averaged)
     if not run.continues:  # a new run, also from another run's checkpoint: a new W&B run (or the one started over)
         state.wandb_run_id = (only_wandb_run(run) if run.started_over else "") or new_run_id()
     config_yaml = cfg.to_yaml()
@@ -557,6 +571,7 @@ def claimed_job(
         bicubic["psnr_y"].mean().item(),
         cfg.epochs * steps_per_epoch,
         StepAgreement(accelerator, lag_for(accelerator.device)),
+        average,
         saved_at_s=state.train_seconds,
     )
     if main:

@@ -29,7 +29,8 @@ def post_all(agreement: StepAgreement) -> tuple[list[StepSums], list[float]]:
     each post, then drain; (the sums in the order read, the skip flags)."""
     read, flags = [], []
     for step, loss in enumerate(LOSSES, 1):
-        skip = agreement.post(step, torch.tensor(loss * 4), 4, 0.1 * step, float(step == 3), step / 10, step == 7)
+        loss_sum = torch.tensor(loss * 4, device=agreement.accelerator.device)
+        skip = agreement.post(step, loss_sum, 4, 0.1 * step, float(step == 3), step / 10, step == 7)
         flags.append(skip.item())
         read += agreement.ready()
     return read + agreement.drain(), flags
@@ -47,6 +48,19 @@ def test_each_step_is_read_lag_steps_late_in_order_with_its_values(lag):
     assert [s.lr for s in read] == [0.1 * step for step in range(1, 8)]
     assert [s.epoch_end for s in read] == [False] * 6 + [True]
     assert flags == [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # NaN and inf: the update is skipped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_sums_come_back_through_pinned_memory_as_on_a_cpu():
+    """The GPU's ring (pinned copies, events) reads what the CPU reads, and the skip flag lies on the GPU."""
+    agreement = StepAgreement(Accelerator(), lag_for(torch.device("cuda")))
+    assert agreement.sums.is_pinned() and agreement.votes.is_pinned() and len(agreement.events) == agreement.lag + 1
+    on_gpu, _ = post_all(agreement)
+    on_cpu, _ = post_all(StepAgreement(Accelerator(cpu=True), 0))
+    assert repr(on_gpu) == repr(on_cpu)  # (as text: NaN equals NaN)
+    flag = agreement.post(8, torch.tensor(float("nan"), device="cuda"), 1, 0.0, 0.0, 0.0, False)
+    assert flag.is_cuda and flag.shape == () and flag.item() == 1.0
 
 
 def test_a_step_is_ready_only_lag_steps_after_it_was_posted():

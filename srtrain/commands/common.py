@@ -52,6 +52,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a model option, e.g. mobile=true for carn"
     )
+    p.add_argument(
+        "--raw_weights", action="store_true", help="a checkpoint's trained weights, not its weight average (`ema`)"
+    )
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, int]:
@@ -63,12 +66,14 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, int]:
     if args.checkpoint:
         if args.weights or args.option:
             raise ConfigError("--weights and --option go with --model; a checkpoint brings its own")
-        model, scale = model_from_checkpoint(args.checkpoint)
+        model, scale = model_from_checkpoint(args.checkpoint, args.raw_weights)
         if args.scale not in (None, scale):
             raise ConfigError(f"--scale {args.scale} but checkpoint {args.checkpoint} was trained for x{scale}")
         return model, scale
     if args.scale is None:
         raise ConfigError("--scale is required with --model")
+    if args.raw_weights:
+        raise ConfigError("--raw_weights goes with --checkpoint (a run's own weights); --weights names one file")
     known, options = model_options(args.model), {}
     for item in args.option:
         key, sep, value = item.partition("=")

@@ -17,15 +17,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"  # a checkpoint's weight average (`ema`): what a checkpoint is evaluated with, if there
 
 
 class WeightsError(ValueError):
     """A weight file is missing, unreadable, or does not fit the model."""
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in a checkpoint folder, a `.safetensors` file or a weights-only torch file."""
-    file = path / MODEL_FILE if path.is_dir() else path
+def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint folder (its weight average where it has one, unless `raw`), a `.safetensors`
+    file or a weights-only torch file."""
+    file = path / (MODEL_FILE if raw or not (path / EMA_FILE).is_file() else EMA_FILE) if path.is_dir() else path
     if not file.is_file() and (path / "checkpoints").is_dir():
         raise WeightsError(
             f"'{path}' is a run directory: name one of its checkpoints, {path / 'checkpoints' / 'best'} or "
@@ -92,6 +94,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, i
     model.load_state_dict(state)
 
 
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load a weight file (or checkpoint folder) into `model`."""
-    load_state(model, scale_branch(model, load_weights(path)), path)
+def load_model_weights(model: nn.Module, path: Path, raw: bool = False) -> None:
+    """Load a weight file (or checkpoint folder: its weight average, unless `raw`) into `model`."""
+    load_state(model, scale_branch(model, load_weights(path, raw)), path)
