@@ -87,9 +87,10 @@ class Config:
     `warmup` and `step_every` are fractions of that progress.
     `checkpoint_every` (optimizer steps) and `checkpoint_every_min` (training minutes) also save `checkpoints/last`
     inside an epoch (0: only at epoch ends). `nan_policy: skip` skips a step whose loss is NaN/inf instead of
-    stopping, up to `nan_max_skips` in a row. `compile` runs the training forward through torch.compile
-    (docs/performance.md says where it pays). `ema` > 0 keeps an exponential moving average of the weights with that
-    decay (srtrain/ema.py), validated beside the trained weights, followed by `best` and used by eval.
+    stopping, up to `nan_max_skips` in a row. `compile` runs the training forward through torch.compile, in
+    `compile_mode` (`reduce-overhead` replays the step as CUDA graphs; docs/performance.md says where it pays).
+    `ema` > 0 keeps an exponential moving average of the weights with that decay (srtrain/ema.py), validated beside
+    the trained weights, followed by `best` and used by eval.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -116,6 +117,7 @@ class Config:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     cpu_threads: int = 0
     output_dir: str = ""
     resume: str = ""
@@ -386,6 +388,11 @@ def validate(cfg: Config) -> None:
             not (cfg.data.on_device and cfg.data.num_workers),
             "data.on_device cuts each batch in the main process (one gather on the device, nothing for loader workers "
             f"to do): set --data.num_workers=0 (now {cfg.data.num_workers}) or --data.on_device=false",
+        ),
+        (
+            cfg.compile or cfg.compile_mode == "default",
+            f"compile_mode={cfg.compile_mode} applies only to a compiled training forward, and compile is false: "
+            "set --compile=true (or drop --compile_mode)",
         ),
         (cfg.data.max_val_images >= 0, f"data.max_val_images must be >= 0 (0 = all), got {cfg.data.max_val_images}"),
         (0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}"),

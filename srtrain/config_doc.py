@@ -41,6 +41,7 @@ MEANING = {
     "mixed_precision": "`bf16` on CPU and GPU, `fp16` on GPU only (refused on CPU rather than silently fp32)",
     "channels_last": "NHWC memory format",
     "compile": "torch.compile the training forward (validation stays eager); performance.md says where it pays",
+    "compile_mode": "torch.compile's mode with `compile: true`; `reduce-overhead` replays the step as CUDA graphs",
     "cpu_threads": "CPU threads per process (0 = the cores divided among this node's processes)",
     "output_dir": "the run directory (empty: `runs/<model>_x<scale>_<time>`)",
     "resume": "`auto` continues from `OUTPUT_DIR/checkpoints/last`, or a checkpoint path",

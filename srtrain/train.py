@@ -100,10 +100,12 @@ def checked_model(cfg: Config) -> torch.nn.Module:
 
 
 def training_forward(model: torch.nn.Module, cfg: Config, accelerator: Accelerator) -> Callable[..., torch.Tensor]:
-    """The module the training step calls: `model`, or with `compile: true` a torch.compile of it sharing its
-    weights. Validation, samples and checkpoints keep the eager module: it is what `srtrain eval` runs (same
-    float32 scores, plain state_dict keys), and validation images of every size would each recompile. A tiny
-    function is compiled first, so that a machine without a working compiler stops here, before training."""
+    """The module the training step calls: `model`, or with `compile: true` a torch.compile of it in `compile_mode`
+    sharing its weights (`reduce-overhead` replays the fixed-shape step as CUDA graphs: one launch instead of one per
+    kernel, what a small model's step is made of on a GPU). Validation, samples and checkpoints keep the eager
+    module: it is what `srtrain eval` runs (same float32 scores, plain state_dict keys), and validation images of
+    every size would each recompile. A tiny function is compiled first, so that a machine without a working
+    compiler stops here, before training."""
     if not cfg.compile:
         return model
     try:
@@ -116,7 +118,7 @@ def training_forward(model: torch.nn.Module, cfg: Config, accelerator: Accelerat
         ) from None
     if accelerator.is_main_process:
         console.print("torch.compile: the training forward compiles at the first steps (tens of seconds on CPU)")
-    return torch.compile(model)
+    return torch.compile(model, mode=cfg.compile_mode)
 
 
 def check_in_sync(accelerator: Accelerator, *models: torch.nn.Module) -> None:

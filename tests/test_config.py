@@ -56,6 +56,8 @@ def test_yaml_file_then_overrides(tmp_path):
         (["--checkpoint_every=-5"], "checkpoint_every (steps) must be >= 0"),
         (["--nan_policy=ignore"], "one of 'stop', 'skip'"),
         (["--grad_clip=nan"], "grad_clip must be a finite number"),
+        (["--compile_mode=cuda-graphs"], "one of 'default', 'reduce-overhead', 'max-autotune'"),
+        (["--compile_mode=reduce-overhead"], "compile is false: set --compile=true (or drop --compile_mode)"),
     ],
 )
 def test_errors_name_the_key_and_the_fix(argv, needle):

@@ -260,6 +260,16 @@ def test_compiled_bf16_run_resumes_and_saves_plain_weights_that_eval_scores_as_l
 
 
 @pytest.mark.slow
+def test_compile_mode_reduce_overhead_trains_on_cpu(photo_folder, tmp_path):
+    """CUDA graphs apply on CUDA only: on a CPU `reduce-overhead` compiles as `default` does, and trains."""
+    out = tmp_path / "run"
+    job = tiny_job(photo_folder, out, "--compile=true", "--compile_mode=reduce-overhead", "--num_samples=0")
+    srtrain([*job, "--epochs=1"], tmp_path, check=True)
+    assert [r["epoch"] for r in metrics(out)] == [1]
+    assert yaml.safe_load((out / "config.yaml").read_text())["compile_mode"] == "reduce-overhead"
+
+
+@pytest.mark.slow
 def test_compile_without_a_compiler_stops_before_training(photo_folder, tmp_path):
     out = tmp_path / "run"
     env = {"WANDB_MODE": "offline", "CXX": str(tmp_path / "no-such-g++")}
