@@ -47,6 +47,7 @@ from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.files import first_line, write_text_atomically
 from srtrain.launch import make_accelerator
+from srtrain.losses import LOSSES
 from srtrain.models import build_model
 from srtrain.models.profile import trainable_parameters
 from srtrain.models.weights import load_model_weights
@@ -484,7 +485,7 @@ def claimed_job(
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel per update, and the update skipped on the device for a non-finite loss (`finish_step`)
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    loss_fn = torch.nn.functional.l1_loss if cfg.loss == "l1" else torch.nn.functional.mse_loss
+    loss_fn = LOSSES[cfg.loss]
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     # accelerate runs the whole forward under autocast; keep that to the training step, so that validation and
     # samples score the float32 output `srtrain eval` gives for the saved weights
