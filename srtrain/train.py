@@ -50,7 +50,7 @@ from srtrain.launch import make_accelerator
 from srtrain.losses import LOSSES
 from srtrain.models import build_model
 from srtrain.models.profile import trainable_parameters
-from srtrain.models.weights import load_model_weights
+from srtrain.models.weights import load_init_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
 from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume, Stopper
 from srtrain.tracking import Tracker, console, new_run_id, only_wandb_run, rows_wandb_lacks, wandb_mode
@@ -476,7 +476,9 @@ def claimed_job(
     and the bicubic baseline."""
     main = accelerator.is_main_process
     if cfg.init_from and run.ckpt is None:
-        load_model_weights(model, Path(cfg.init_from))
+        fresh = load_init_weights(model, Path(cfg.init_from), cfg.model.name, cfg.scale, cfg.model.args)
+        if main and fresh:
+            console.print(fresh)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # NHWC often runs convolutions faster on GPUs
     val_set = ValImages(val_images, cfg.scale)
