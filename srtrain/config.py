@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from srtrain.losses import LossName
 from srtrain.models import SCALES, model_options
 
 CONFIG_FILE = "config.yaml"  # the configuration a run directory and each of its checkpoints keep
@@ -111,7 +112,7 @@ class Config:
     gamma: float = 0.5
     time_budget_min: float = 0.0
     init_from: str = ""
-    loss: Literal["l1", "mse"] = "l1"
+    loss: LossName = "l1"
     grad_clip: float = 0.0
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"

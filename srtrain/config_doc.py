@@ -34,8 +34,8 @@ MEANING = {
     "gamma": "step schedule: decay factor",
     "time_budget_min": "train for this many minutes of training time (validation excluded); `epochs` becomes a cap",
     "init_from": "start from these weights: a checkpoint folder, `.safetensors` or weights-only torch file "
-    "(official files too: see models.md)",
-    "loss": "L1 or MSE",
+    "(official files too), also of another scale: all but the upsampler loads (models.md)",
+    "loss": "L1, MSE or Charbonnier (mean sqrt(error^2 + 1e-3^2)); the validation loss uses the same",
     "grad_clip": "gradient-norm clipping (0 = off)",
     "seed": "seeds model init, data order and augmentation",
     "mixed_precision": "`bf16` on CPU and GPU, `fp16` on GPU only (refused on CPU rather than silently fp32)",

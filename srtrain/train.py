@@ -48,9 +48,10 @@ from srtrain.evaluation import evaluate
 from srtrain.faults import inject
 from srtrain.files import first_line, write_text_atomically
 from srtrain.launch import make_accelerator
+from srtrain.losses import LOSSES
 from srtrain.models import build_model
 from srtrain.models.profile import trainable_parameters
-from srtrain.models.weights import load_model_weights
+from srtrain.models.weights import load_init_weights
 from srtrain.rundir import RunDir, open_run, repair_after_kill
 from srtrain.stopping import EXIT_RESUMABLE, StoppedToResume, Stopper
 from srtrain.tracking import Tracker, console, new_run_id, only_wandb_run, rows_wandb_lacks, wandb_mode
@@ -489,7 +490,9 @@ def claimed_job(
     and the bicubic baseline."""
     main = accelerator.is_main_process
     if cfg.init_from and run.ckpt is None:
-        load_model_weights(model, Path(cfg.init_from))
+        fresh = load_init_weights(model, Path(cfg.init_from), cfg.model.name, cfg.scale, cfg.model.args)
+        if main and fresh:
+            console.print(fresh)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # NHWC often runs convolutions faster on GPUs
     val_set = ValImages(val_images, cfg.scale)
@@ -498,7 +501,7 @@ def claimed_job(
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel per update, and the update skipped on the device for a non-finite loss (`finish_step`)
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    loss_fn = torch.nn.functional.l1_loss if cfg.loss == "l1" else torch.nn.functional.mse_loss
+    loss_fn = LOSSES[cfg.loss]
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     # accelerate runs the whole forward under autocast; keep that to the training step, so that validation and
     # samples score the float32 output `srtrain eval` gives for the saved weights

@@ -1,20 +1,21 @@
 """Weight files (srtrain/models/weights.py): safetensors and torch files load strictly, mismatches are named, and
 official weights of published models (../shared/weights) load as their authors saved them and reproduce the
 published tables through `srtrain eval`: IMDN to 0.02 dB / 0.001, CARN-M to 0.2 dB (its authors say the paper's
-figures cannot be reproduced exactly from the released file)."""
+figures cannot be reproduced exactly from the released file). `--init_from` a file of another scale fills all but
+the upsampler and names it; anything else that does not fit is refused."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, make_model, needs_data
+from helpers import DATA, last_weights, make_model, needs_data, srtrain, tiny_job
 from safetensors.torch import save_file
 
 from srtrain.cli import main
 from srtrain.models import build_model
 from srtrain.models.profile import trainable_parameters
-from srtrain.models.weights import WeightsError, load_model_weights, load_weights
+from srtrain.models.weights import WeightsError, load_init_weights, load_model_weights, load_weights
 
 WEIGHTS = DATA.parent / "weights"
 needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared/weights is absent")
@@ -115,3 +116,86 @@ def test_bad_model_option_names_the_valid_ones(capsys):
     args = ["eval", "--model", "carn", "--option", "tiny=true", "--data", str(DATA / "Set5"), "--scale", "4"]
     assert main(args) == 2
     assert "mobile" in capsys.readouterr().err
+
+
+# Cross-scale fine-tuning (`--init_from` a file of another scale): everything but the upsampler loads.
+
+
+def init_from(file: Path, name: str, scale: int, **options) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """The model after `load_init_weights`, a copy of it before (its fresh initialisation), and the printed line."""
+    model = make_model(name, scale, **options)
+    fresh = make_model(name, scale, **options)
+    fresh.load_state_dict(model.state_dict())
+    return model, fresh, load_init_weights(model, file, name, scale, options)
+
+
+# EDSR's x4 upsampler is two x2 stages: the file's x2 stage (tail.0.0, the same shape) fills the first, as EDSR's
+# own code does. ESPCN's one sub-pixel convolution has 3 x 4 x 4 outputs at x4, 3 x 2 x 2 at x2.
+@pytest.mark.parametrize(
+    ("name", "upsampler"),
+    [("edsr", ["tail.0.2.weight", "tail.0.2.bias"]), ("espcn", ["body.4.weight", "body.4.bias"])],
+)
+def test_a_x2_file_fills_a_x4_model_but_its_upsampler_and_names_it(name, upsampler, tmp_path):
+    x2 = make_model(name, 2).state_dict()
+    save_file(x2, str(tmp_path / "x2.safetensors"))
+    model, fresh, line = init_from(tmp_path / "x2.safetensors", name, 4)
+    own = model.state_dict()
+    assert line == f"init_from: {len(own) - len(upsampler)} tensors loaded, left fresh for x4: {', '.join(upsampler)}"
+    for key, value in own.items():
+        assert torch.equal(value, fresh.state_dict()[key] if key in upsampler else x2[key]), key
+
+
+@needs_weights
+def test_official_files_of_another_scale_fill_all_but_the_upsampler():
+    model, fresh, line = init_from(WEIGHTS / "IMDN_x2.pth", "imdn", 4)
+    assert line == "init_from: 90 tensors loaded, left fresh for x4: upsampler.0.weight, upsampler.0.bias"
+    official = load_weights(WEIGHTS / "IMDN_x2.pth")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key] if key.startswith("upsampler.") else official[key]), key
+    model, _, line = init_from(WEIGHTS / "IMDN_x4.pth", "imdn", 4)  # the same scale: strict, nothing to say
+    assert line == "" and torch.equal(
+        model.state_dict()["upsampler.0.weight"], load_weights(WEIGHTS / "IMDN_x4.pth")["upsampler.0.weight"]
+    )
+    _, _, line = init_from(WEIGHTS / "carn_m.pth", "carn", 3, mobile=True)  # multi-scale: its x3 branch, strictly
+    assert line == ""
+
+
+def test_a_carn_file_of_one_scale_leaves_the_branch_of_another_fresh(tmp_path):
+    save_file(make_model("carn", 2, mobile=True).state_dict(), str(tmp_path / "x2.safetensors"))
+    _, _, line = init_from(tmp_path / "x2.safetensors", "carn", 4, mobile=True)
+    branch = (
+        "upsample.up4.body.0.weight, upsample.up4.body.0.bias, upsample.up4.body.3.weight, upsample.up4.body.3.bias"
+    )
+    assert line.endswith(f"left fresh for x4: {branch}")
+    save_file(make_model("edsr", 4).state_dict(), str(tmp_path / "x4.safetensors"))  # x4 into x2: nothing fresh
+    _, _, line = init_from(tmp_path / "x4.safetensors", "edsr", 2)
+    assert line == "init_from: 72 tensors loaded; the file's tail.0.2.bias, tail.0.2.weight left out (not used at x2)"
+
+
+def test_another_width_or_model_is_refused_naming_the_tensor_both_shapes_and_the_fix(tmp_path):
+    save_file(make_model("edsr", 2, channels=32).state_dict(), str(tmp_path / "narrow_x2.safetensors"))
+    width = r"head.weight: file \[32, 3, 3, 3\], model \[64, 3, 3, 3\]"
+    fix = r"train the model and options the file was made with \(--model, --model.KEY=VALUE"
+    with pytest.raises(WeightsError, match=rf"does not fit edsr x4, .*{width}.*{fix}"):
+        init_from(tmp_path / "narrow_x2.safetensors", "edsr", 4)
+    with pytest.raises(WeightsError, match=r"body.0.weight: not in the file, model \[64, 3, 5, 5\]"):
+        init_from(tmp_path / "narrow_x2.safetensors", "espcn", 4)
+    with pytest.raises(WeightsError, match=r"does not fit edsr x2, .*head.weight: file \[32, 3, 3, 3\]"):
+        init_from(tmp_path / "narrow_x2.safetensors", "edsr", 2)  # the same scale: refused as before
+
+
+@needs_data
+@pytest.mark.slow
+def test_training_at_x4_starts_from_a_x2_runs_checkpoint(photo_folder, tmp_path):
+    x2, x4 = tmp_path / "x2", tmp_path / "x4"
+    proc = srtrain(["train", *tiny_job(photo_folder, x2, "--epochs=1", "--scale=2")], tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = x2 / "checkpoints" / "last"
+    # a learning rate so small that the x4 run's weights stay the x2 run's, to the 9th decimal
+    args = tiny_job(photo_folder, x4, "--epochs=1", "--scale=4", f"--init_from={start}", "--lr=1e-12", "--min_lr=0")
+    proc = srtrain(["train", *args], tmp_path, wandb="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "init_from: 4 tensors loaded, left fresh for x4: body.4.weight, body.4.bias" in " ".join(proc.stdout.split())
+    before, after = last_weights(x2), last_weights(x4)
+    assert all(torch.allclose(before[k], after[k], atol=1e-9) for k in ("body.0.weight", "body.2.weight")), "not loaded"
+    assert after["body.4.weight"].shape == (48, 32, 3, 3)

@@ -3,7 +3,8 @@
 Used for checkpoints, `--init_from`, `srtrain eval --weights`, `srtrain upscale --weights` and pretrained
 backbones alike, so every weight file gets the same safety and the same error that lists missing and unexpected
 keys. Published files load as their authors saved them: a DataParallel `module.` prefix is stripped, and a
-multi-scale file fills the upsampler branch of the model's scale.
+multi-scale file fills the upsampler branch of the model's scale. Only `--init_from` also takes a file of another
+scale (cross-scale fine-tuning), leaving the upsampler fresh.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+from srtrain.models.registry import SCALES, build_model, weights_free_options
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"  # a checkpoint's weight average (`ema`): what a checkpoint is evaluated with, if there
@@ -97,3 +101,49 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, i
 def load_model_weights(model: nn.Module, path: Path, raw: bool = False) -> None:
     """Load a weight file (or checkpoint folder: its weight average, unless `raw`) into `model`."""
     load_state(model, scale_branch(model, load_weights(path, raw)), path)
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _shown(shape: tuple[int, ...] | None, where: str) -> str:
+    return f"{where} {list(shape)}" if shape is not None else f"not in the {where}"
+
+
+def load_init_weights(model: nn.Module, path: Path, name: str, scale: int, options: dict[str, Any]) -> str:
+    """`--init_from`: a file that fits `model` (registered `name`, built at `scale` with `options`) loads strictly,
+    as `load_model_weights`. A file trained at another scale, as EDSR and SwinIR start x3/x4 models from x2 ones,
+    fills every tensor but those whose shape differs between the two scales (the upsampler), which keep their fresh
+    initialisation (and the file's own upsampler tensors are left out); anything else that does not fit (another
+    width, another model) is refused. Returns the line that names what was left fresh or left out ('' when the file
+    fits exactly)."""
+    state = scale_branch(model, load_weights(path))
+    file, own = _shapes(state), _shapes(model.state_dict())
+    differ = [k for k in [*own, *sorted(file.keys() - own.keys())] if file.get(k) != own.get(k)]
+    if not differ:
+        load_state(model, state, path)
+        return ""
+    with torch.device("meta"):  # shapes only: no memory, and the seeded RNG is left as it was
+        others = {
+            s: _shapes(build_model(name, s, **{**options, **weights_free_options(name)}).state_dict())
+            for s in SCALES
+            if s != scale
+        }
+    unfit = {s: [k for k in differ if file.get(k) != shapes.get(k)] for s, shapes in others.items()}
+    nearest = min(unfit, key=lambda s: len(unfit[s]))  # the scale the file most likely comes from
+    if unfit[nearest]:
+        shown = [f"{k}: {_shown(file.get(k), 'file')}, {_shown(own.get(k), 'model')}" for k in unfit[nearest]]
+        raise WeightsError(
+            f"init_from '{path}' does not fit {name} x{scale}, not even as a file of another scale (which differs in "
+            f"the upsampler only): {len(shown)} tensor(s) differ ({'; '.join(shown[:3])}"
+            f"{' ...' if len(shown) > 3 else ''}); train the model and options the file was made with (--model, "
+            "--model.KEY=VALUE; a checkpoint folder's config.yaml lists them)"
+        )
+    fresh, unused = [k for k in differ if k in own], [k for k in differ if k not in own]
+    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in differ}, strict=False)
+    return (
+        f"init_from: {len(own) - len(fresh)} tensors loaded"
+        + (f", left fresh for x{scale}: {', '.join(fresh)}" if fresh else "")
+        + (f"; the file's {', '.join(unused)} left out (not used at x{scale})" if unused else "")
+    )
