@@ -88,7 +88,8 @@ class Config:
     `checkpoint_every` (optimizer steps) and `checkpoint_every_min` (training minutes) also save `checkpoints/last`
     inside an epoch (0: only at epoch ends). `nan_policy: skip` skips a step whose loss is NaN/inf instead of
     stopping, up to `nan_max_skips` in a row. `compile` runs the training forward through torch.compile
-    (docs/performance.md says where it pays).
+    (docs/performance.md says where it pays). `val_ensemble` validates the x8 self-ensemble (srtrain.ensemble):
+    the scores `srtrain eval --ensemble` gives, at 8 times the validation time.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -119,6 +120,7 @@ class Config:
     output_dir: str = ""
     resume: str = ""
     val_every: int = 1
+    val_ensemble: bool = False
     num_samples: int = 3
     checkpoint_every: int = 0
     checkpoint_every_min: float = 0.0

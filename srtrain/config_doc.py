@@ -49,6 +49,8 @@ MEANING = {
     "nan_policy": "a NaN/inf loss `stop`s the run, or is `skip`ped and counted",
     "nan_max_skips": "with `nan_policy: skip`, this many skipped steps in a row stop the run",
     "val_every": "validate (and update `best`) every N epochs; `last` is checkpointed every epoch",
+    "val_ensemble": "validate the x8 self-ensemble (`srtrain eval --ensemble`'s scores, `best` follows them, SR+ "
+    "in the sample grids), 8 times slower",
     "num_samples": "sample grids of the first N validation images",
     "data.train": "`default`, an image folder, `.parquet`/`.arrow`, a `save_to_disk` folder or a Hub id (data.md)",
     "data.val": "validation source, same forms as `data.train`",

@@ -310,7 +310,9 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
     row: dict[str, float] = {}
     if validate:
         inject("validation", epoch, acc.is_main_process)
-        val = evaluate(job.model, job.val_loader, acc, cfg.scale, job.loss_fn, gray=cfg.data.gray)
+        val = evaluate(
+            job.model, job.val_loader, acc, cfg.scale, job.loss_fn, gray=cfg.data.gray, ensemble=cfg.val_ensemble
+        )
         row = {
             "train_loss": state.epoch_loss_sum / state.epoch_patches if state.epoch_patches else float("nan"),
             "val_loss": val["loss"].mean().item(),
@@ -344,7 +346,10 @@ def close_epoch(job: Job, epoch: int, row: dict[str, float]) -> dict[str, float]
         if not row:
             return
         plain = acc.unwrap_model(job.model)
-        samples = [sample_grid(plain, job.val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(job.val_set)))]
+        samples = [
+            sample_grid(plain, job.val_set[i], cfg.scale, cfg.val_ensemble)
+            for i in range(min(cfg.num_samples, len(job.val_set)))
+        ]
         job.tracker.log_samples(samples, epoch, state.step)
         job.tracker.log_epoch(row, epoch, state.step)
         job.tracker.summary(
