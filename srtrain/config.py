@@ -92,6 +92,8 @@ class Config:
     `compile_mode` (`reduce-overhead` replays the step as CUDA graphs; docs/performance.md says where it pays).
     `ema` > 0 keeps an exponential moving average of the weights with that decay (srtrain/ema.py), validated beside
     the trained weights, followed by `best` and used by eval.
+    `val_ensemble` validates the x8 self-ensemble (srtrain.ensemble): the scores `srtrain eval --ensemble` gives,
+    at 8 times the validation time.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -123,6 +125,7 @@ class Config:
     output_dir: str = ""
     resume: str = ""
     val_every: int = 1
+    val_ensemble: bool = False
     num_samples: int = 3
     checkpoint_every: int = 0
     checkpoint_every_min: float = 0.0

@@ -55,6 +55,8 @@ MEANING = {
         "(`--raw_weights`: the trained ones)"
     ),
     "val_every": "validate (and update `best`) every N epochs; `last` is checkpointed every epoch",
+    "val_ensemble": "validate the x8 self-ensemble (`srtrain eval --ensemble`'s scores, `best` follows them, SR+ "
+    "in the sample grids), 8 times slower",
     "num_samples": "sample grids of the first N validation images",
     "data.train": "`default`, an image folder, `.parquet`/`.arrow`, a `save_to_disk` folder or a Hub id (data.md)",
     "data.val": "validation source, same forms as `data.train`",

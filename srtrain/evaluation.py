@@ -6,6 +6,7 @@ figure the evaluation command reports for the same weights and images.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from srtrain.config import DataConfig
 from srtrain.data import ValImages, load_images
+from srtrain.ensemble import ensemble_forward
 from srtrain.metrics import GrayMode, Scored, rgb_to_y
 
 SCORES: dict[str, Callable[[Scored], Tensor]] = {
@@ -32,11 +34,12 @@ SCORES: dict[str, Callable[[Scored], Tensor]] = {
 DEFAULT_SCORES = ("psnr_y", "ssim_y", "psnr_rgb")
 
 
-def _tiled(model: torch.nn.Module, lr: Tensor, scale: int, tile: int, overlap: int) -> Tensor:
+def _tiled(model: Callable[[Tensor], Tensor], lr: Tensor, scale: int, tile: int, overlap: int) -> Tensor:
     """Run the model tile by tile (each with `overlap` LR pixels of context) and stitch the centres.
 
     Memory is bounded by one tile plus the output. With an overlap at least the model's receptive
-    radius (in LR pixels), a convolutional model's output equals whole-image inference.
+    radius (in LR pixels), a convolutional model's output equals whole-image inference (its self-ensemble's too:
+    the ensemble of a convolutional model is one with the same radius).
     """
     h, w = lr.shape[-2:]
     if tile <= 0 or (h <= tile and w <= tile):
@@ -56,16 +59,20 @@ def _tiled(model: torch.nn.Module, lr: Tensor, scale: int, tile: int, overlap: i
     return out
 
 
-def super_resolve(model: torch.nn.Module, lr: Tensor, scale: int, tile: int = 0, overlap: int = 16) -> Tensor:
+def super_resolve(
+    model: torch.nn.Module, lr: Tensor, scale: int, tile: int = 0, overlap: int = 16, ensemble: bool = False
+) -> Tensor:
     """SR output in float32. A gray (1-channel) image goes through the RGB model replicated and comes
-    back as its luma (the rgb2ycbcr weights), so that it can be scored as gray.
+    back as its luma (the rgb2ycbcr weights), so that it can be scored as gray. With `ensemble`, each tile is the
+    x8 self-ensemble's (srtrain.ensemble), averaged before the caller quantizes.
 
     The model is fed channels_last (NHWC) input: on CPU the zoo's CNNs run 10-45 % faster (SwinIR and SRCNN
     the same; docs/performance.md), and its output comes back channels_last (`quantize` makes the scored copy
     contiguous). Every consumer of SR output comes through here, so validation, `srtrain eval`, `upscale` and
     `report` compute the same pixels."""
     rgb = (lr.expand(-1, 3, -1, -1) if lr.shape[1] == 1 else lr).contiguous(memory_format=torch.channels_last)
-    sr = _tiled(model, rgb, scale, tile, overlap).float()
+    forward = functools.partial(ensemble_forward, model) if ensemble else model
+    sr = _tiled(forward, rgb, scale, tile, overlap).float()
     if lr.shape[1] == 1:
         sr = ((rgb_to_y(sr * 255) - 16) / 219).float()
     return sr
@@ -82,9 +89,10 @@ def evaluate(
     gray: GrayMode = "replicate",
     tile: int = 0,
     overlap: int = 16,
+    ensemble: bool = False,
 ) -> dict[str, Tensor]:
     """Per-image `index`, `loss` (with a loss function) and scores over the whole sharded loader,
-    gathered on every process in image order.
+    gathered on every process in image order; with `ensemble`, of the x8 self-ensemble's output.
 
     The model runs in the caller's precision (training validates in float32; `srtrain eval --mixed_precision`
     runs this under autocast); its float32 output is scored in float64 after rounding to uint8, as the SR
@@ -95,7 +103,7 @@ def evaluate(
     rows = []
     for batch in loader:
         lr, hr = batch["lr"], batch["hr"]
-        sr = super_resolve(model, lr, scale, tile, overlap)
+        sr = super_resolve(model, lr, scale, tile, overlap, ensemble)
         columns = [batch["index"].to(torch.float64)]
         if loss_fn:
             target = hr.float().div_(255)
@@ -118,13 +126,15 @@ def evaluate_source(
     scores: Sequence[str] = DEFAULT_SCORES,
     tile: int = 0,
     overlap: int = 16,
+    ensemble: bool = False,
 ) -> dict[str, Any]:
-    """Score one validation source (`data.val`): the means and the per-image figures, JSON-ready."""
+    """Score one validation source (`data.val`): the means and the per-image figures, JSON-ready. `seconds` covers
+    loading, the model and scoring, so that a user sees what `ensemble` costs (its model share is 8 times longer)."""
     start = time.perf_counter()
     images = load_images(data, "val")
     images.check(scale, 8 * scale, "remove it from the evaluation set")
     loader = accelerator.prepare_data_loader(DataLoader(ValImages(images, scale), batch_size=1))
-    per_image = evaluate(model, loader, accelerator, scale, None, scores, data.gray, tile, overlap)
+    per_image = evaluate(model, loader, accelerator, scale, None, scores, data.gray, tile, overlap, ensemble)
     rows = [
         {"name": images.name(i), **{k: per_image[k][n].item() for k in scores}}
         for n, i in enumerate(per_image["index"].tolist())
@@ -133,6 +143,7 @@ def evaluate_source(
         "dataset": Path(data.val.split(",")[0]).name or data.val,
         "source": data.val,
         "scale": scale,
+        "ensemble": ensemble,
         **{k: per_image[k].mean().item() for k in scores},
         "n_images": len(rows),
         "seconds": time.perf_counter() - start,

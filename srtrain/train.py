@@ -353,7 +353,9 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
     if validate:
         inject("validation", epoch, acc.is_main_process)
         evaluated = job.average.model if job.average else job.model
-        val = evaluate(evaluated, job.val_loader, acc, cfg.scale, job.loss_fn, gray=cfg.data.gray)
+        val = evaluate(
+            evaluated, job.val_loader, acc, cfg.scale, job.loss_fn, gray=cfg.data.gray, ensemble=cfg.val_ensemble
+        )
         row = {
             "train_loss": state.epoch_loss_sum / state.epoch_patches if state.epoch_patches else float("nan"),
             "val_loss": val["loss"].mean().item(),
@@ -367,7 +369,7 @@ def end_epoch(job: Job, epoch: int, validate: bool) -> dict[str, float]:
             "train_minutes": state.train_seconds / 60,
         }
         if job.average:  # the row's scores are the average's; the trained weights' beside them
-            raw = evaluate(job.model, job.val_loader, acc, cfg.scale, gray=cfg.data.gray)
+            raw = evaluate(job.model, job.val_loader, acc, cfg.scale, gray=cfg.data.gray, ensemble=cfg.val_ensemble)
             row |= {"raw_psnr_y": raw["psnr_y"].mean().item(), "raw_ssim_y": raw["ssim_y"].mean().item()}
     with job.stopper.updating():  # a stop signal during validation saves the epoch's last step (one process)
         return close_epoch(job, epoch, row)
@@ -390,7 +392,10 @@ def close_epoch(job: Job, epoch: int, row: dict[str, float]) -> dict[str, float]
         if not row:
             return
         plain = job.average.model if job.average else acc.unwrap_model(job.model)
-        samples = [sample_grid(plain, job.val_set[i], cfg.scale) for i in range(min(cfg.num_samples, len(job.val_set)))]
+        samples = [
+            sample_grid(plain, job.val_set[i], cfg.scale, cfg.val_ensemble)
+            for i in range(min(cfg.num_samples, len(job.val_set)))
+        ]
         job.tracker.log_samples(samples, epoch, state.step)
         job.tracker.log_epoch(row, epoch, state.step)
         job.tracker.summary(

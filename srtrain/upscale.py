@@ -1,7 +1,8 @@
 """`srtrain upscale`: super-resolve image files with a trained or published model, tile by tile.
 
 Inference goes through evaluation's `super_resolve`, so an upscaled file is exactly what `srtrain eval` scores
-(tiling included: with an overlap at least the model's receptive radius, tiles equal whole-image inference).
+(tiling included: with an overlap at least the model's receptive radius, tiles equal whole-image inference; the
+x8 self-ensemble too).
 Each output keeps its input's mode and format: RGB through the model, gray through the model as its luma,
 alpha by MATLAB bicubic. Outputs are planned before any compute, so an existing file stops the run up front.
 """
@@ -99,15 +100,17 @@ def upscale_image(
     overlap: int,
     device: torch.device,
     precision: str = "no",
+    ensemble: bool = False,
 ) -> PIL.Image.Image:
-    """The SR image in the input's mode: colour (or gray) through the model, alpha by bicubic."""
+    """The SR image in the input's mode: colour (or gray) through the model (or its x8 self-ensemble), alpha by
+    bicubic."""
     mode = "RGBA" if image.mode == "P" and "transparency" in image.info else MODES.get(image.mode)
     if mode is None:
         raise UpscaleError(f"image mode {image.mode} is not supported ({', '.join(MODES)} are)")
     pixels = np.asarray(image.convert(mode))
     color, alpha = (pixels[..., :-1], pixels[..., -1]) if mode in ("RGBA", "LA") else (pixels, None)
     with torch.no_grad(), autocast(precision, device):
-        sr = super_resolve(model, _to_tensor(color, device), scale, tile, overlap)
+        sr = super_resolve(model, _to_tensor(color, device), scale, tile, overlap, ensemble)
     channels = [quantize(sr)[0]]
     if alpha is not None:
         channels.append(quantize(imresize(_to_tensor(alpha, device), scale))[0])
@@ -123,6 +126,7 @@ def run(
     overlap: int,
     device: torch.device,
     precision: str = "no",
+    ensemble: bool = False,
 ) -> list[tuple[Path, str]]:
     """Upscale every job with a progress bar; a file that fails is reported and skipped. Returns the failures."""
     failures: list[tuple[Path, str]] = []
@@ -136,7 +140,7 @@ def run(
                 with PIL.Image.open(job.source) as image:
                     image.load()
                     fmt = image.format
-                    sr = upscale_image(model, image, scale, tile, overlap, device, precision)
+                    sr = upscale_image(model, image, scale, tile, overlap, device, precision, ensemble)
                 job.target.parent.mkdir(parents=True, exist_ok=True)
                 write_atomically(job.target, functools.partial(sr.save, format=fmt, **SAVE_OPTIONS.get(fmt, {})))
             except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, UpscaleError) as err:

@@ -92,21 +92,23 @@ def crop_size(hr: Tensor) -> int:
 
 
 @torch.no_grad()
-def sample_grid(model: torch.nn.Module, sample: dict[str, Tensor], scale: int) -> np.ndarray:
+def sample_grid(model: torch.nn.Module, sample: dict[str, Tensor], scale: int, ensemble: bool = False) -> np.ndarray:
     """LR (nearest) | bicubic | SR | HR, each labelled (with its PSNR-Y against HR), above the same detailed crop
-    of each, zoomed to the panel width, so the difference between bicubic and SR is visible at a glance."""
+    of each, zoomed to the panel width, so the difference between bicubic and SR is visible at a glance. With
+    `ensemble` the SR panel is the x8 self-ensemble's, labelled SR+ as the SR tables do, as validation scores it."""
     device = next(iter(model.parameters()), torch.empty(0)).device
     lr, hr = sample["lr"][None].to(device), sample["hr"][None].to(device)
-    sr = super_resolve(model, lr, scale)
+    sr = super_resolve(model, lr, scale, ensemble=ensemble)
     bicubic = Bicubic(scale)(lr).float()
     nearest = F.interpolate(lr, scale_factor=scale, mode="nearest")
     box = detailed_crop(hr[0], crop_size(hr))
-    images = [("LR (nearest)", nearest), ("bicubic", bicubic), ("SR", sr), ("HR", hr)]
+    sr_name = "SR+" if ensemble else "SR"
+    images = [("LR (nearest)", nearest), ("bicubic", bicubic), (sr_name, sr), ("HR", hr)]
     pixels = [to_uint8(image) for _, image in images]
     width = pixels[0].shape[1]
     top, bottom = [], []
     for (name, image), p in zip(images, pixels, strict=True):
-        scored = name in ("bicubic", "SR")
+        scored = name in ("bicubic", sr_name)
         top.append(labelled(frame(p, box), f"{name} {psnr_y(image, hr, scale).item():.2f} dB" if scored else name))
         bottom.append(labelled(zoom(p, box, width), f"crop {crop_psnr(image, hr, box):.2f} dB" if scored else "crop"))
     return stack([row(top), row(bottom)])

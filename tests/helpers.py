@@ -179,16 +179,16 @@ def wandb_summary(run_dir: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def eval_on_tiny_val(out: Path, tmp_path: Path, *extra: str, **env: str) -> dict:
+def eval_on_tiny_val(out: Path, tmp_path: Path, *flags: str, **env: str) -> dict:
     """`srtrain eval` of run `out`'s best checkpoint on the tiny job's two validation images (max_val_images=2),
-    with the arguments `extra`; `env` added to its environment (CUDA_VISIBLE_DEVICES="" for a run trained on the
-    CPU)."""
+    with `flags` (e.g. --ensemble); `env` added to its environment (CUDA_VISIBLE_DEVICES="" for a run trained on
+    the CPU)."""
     val = tmp_path / "val"
     val.mkdir(exist_ok=True)
     for name in ("baby", "bird"):
         (val / f"{name}.png").write_bytes((DATA / "Set5" / f"{name}.png").read_bytes())
-    report = tmp_path / f"eval{''.join(extra)}.json"
-    args = ["eval", "--checkpoint", str(out), "--data", str(val), "--json", str(report), *extra]
+    report = tmp_path / f"eval{''.join(flags)}.json"
+    args = ["eval", "--checkpoint", str(out), "--data", str(val), "--json", str(report), *flags]
     python(["-m", "srtrain", *args], tmp_path, **env)
     (result,) = json.loads(report.read_text())["results"]
     return result

@@ -68,6 +68,26 @@ def test_checkpoint_folder_and_run_dir(tmp_path, accelerator):
                      "fp16"]) == 2  # fmt: skip
 
 
+def test_ensemble_scores_the_self_ensemble_and_says_so(tmp_path, capsys, accelerator):
+    """`--ensemble` scores what `evaluate_source(ensemble=True)` scores, not the plain figure; the table says which,
+    and its seconds are the ensemble's."""
+    torch.manual_seed(0)
+    model = build_model("espcn", 2, channels=16)
+    config = "model: {name: espcn, channels: 16}\nscale: 2\n"
+    save_checkpoint(tmp_path / "run", model, torch.optim.Adam(model.parameters()), TrainState(), config)
+    out = tmp_path / "eval.json"
+    args = ["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(DATA / "Set5"), "--json", str(out)]
+    assert main([*args, "--ensemble"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "x8 self-ensemble, 1 process(es)" in printed and "seconds" in printed
+    (result,) = json.loads(out.read_text())["results"]
+    data = DataConfig(val=str(DATA / "Set5"))
+    ensemble, plain = (evaluate_source(model, data, 2, accelerator, ensemble=e) for e in (True, False))
+    assert result["ensemble"] is True and result["psnr_y"] == pytest.approx(ensemble["psnr_y"], abs=1e-9)
+    assert abs(result["psnr_y"] - plain["psnr_y"]) > 0.01 and plain["ensemble"] is False
+    assert result["seconds"] > 0
+
+
 def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, capsys):
     """A `best` whose weights no longer match its manifest (a crash in a copy, a bad disk) is named, not loaded."""
     model = build_model("espcn", 2, channels=16)
@@ -121,7 +141,7 @@ def test_every_metric_can_be_asked_for(tmp_path, capsys):
     assert (
         set(metrics.split(","))
         <= result.keys()
-        <= set(result["per_image"][0]) | {"dataset", "source", "scale", "n_images", "seconds", "per_image"}
+        <= set(result["per_image"][0]) | {"dataset", "source", "scale", "ensemble", "n_images", "seconds", "per_image"}
     )
     assert 0 < result["fsim"] < 1 and 0 < result["mse"] < 0.01
     assert main(["eval", "--model", "bicubic", "--data", str(DATA / "Set5"), "--scale", "4", "--metrics", "psnr"]) == 2

@@ -2,6 +2,8 @@
 image, no overwriting without --force, and a corrupt file among good ones is skipped by name with a failing exit
 code."""
 
+import re
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -71,6 +73,21 @@ def test_published_carn_m_tiled_equals_whole_image(inputs, tmp_path):
     whole = np.asarray(PIL.Image.open(tmp_path / "whole" / "rgb.png"))
     assert whole.shape == (216, 280, 3)
     assert np.array_equal(whole, np.asarray(PIL.Image.open(tmp_path / "tiled" / "rgb.png")))
+
+
+def test_ensemble_of_the_published_carn_m_tiled_equals_whole_image_and_differs_from_plain(inputs, tmp_path, capsys):
+    model = ["--model", "carn", "--option", "mobile=true", "--weights", DATA.parent / "weights" / "carn_m.pth"]
+    files = [inputs / "rgb.png", inputs / "gray.png"]
+    assert upscale(*files, "-o", tmp_path / "whole", *model, "--scale", "2", "--tile", "0", "--ensemble") == 0
+    assert re.search(
+        r"2 of 2 image\(s\) upscaled x2 with the x8 self-ensemble into .* in \d+\.\d s", capsys.readouterr().out
+    )
+    assert upscale(*files, "-o", tmp_path / "tiled", *model, "--scale", "2", "--tile", "20", "--ensemble") == 0
+    assert upscale(*files, "-o", tmp_path / "plain", *model, "--scale", "2", "--tile", "0") == 0
+    for name in ("rgb.png", "gray.png"):
+        whole, tiled, plain = (np.asarray(PIL.Image.open(tmp_path / out / name)) for out in ("whole", "tiled", "plain"))
+        assert np.array_equal(whole, tiled), name
+        assert whole.shape == plain.shape and np.abs(whole.astype(int) - plain).max() > 4, name
 
 
 def test_refuses_to_overwrite_without_force(inputs, weights, tmp_path, capsys):

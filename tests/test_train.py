@@ -122,6 +122,20 @@ def test_eval_of_the_best_checkpoint_reproduces_the_logged_score(full_run, tmp_p
     assert result["ssim_y"] == pytest.approx(best["ssim_y"], abs=1e-9)
 
 
+@pytest.mark.slow
+def test_val_ensemble_validates_the_self_ensemble_as_eval_ensemble_scores_it(photo_folder, tmp_path):
+    out = tmp_path / "run"
+    srtrain(tiny_job(photo_folder, out, "--epochs=1", "--val_ensemble=true"), tmp_path, check=True)
+    (logged,) = metrics(out)
+    (tmp_path / "ensemble").mkdir()
+    (tmp_path / "plain").mkdir()
+    ensemble = eval_on_tiny_val(out, tmp_path / "ensemble", "--ensemble")
+    plain = eval_on_tiny_val(out, tmp_path / "plain")
+    assert ensemble["psnr_y"] == pytest.approx(logged["psnr_y"], abs=1e-9)
+    assert ensemble["ssim_y"] == pytest.approx(logged["ssim_y"], abs=1e-9)
+    assert abs(plain["psnr_y"] - logged["psnr_y"]) > 0.01  # the logged figure is not the plain model's
+
+
 @pytest.fixture(scope="module")
 def accumulated(tmp_path_factory, photo_folder):
     """`checkpointed_job` with grad_accum=3 (4 batches an epoch: optimizer steps after batches 3 and 4), straight

@@ -10,7 +10,16 @@ from srtrain.config import DataConfig
 from srtrain.data import ValImages, load_images
 from srtrain.evaluation import super_resolve
 from srtrain.models import build_model
-from srtrain.visual import GAP, LABEL_HEIGHT, crop_comparison, detailed_crop, sample_grid, to_uint8, zoom
+from srtrain.visual import (
+    GAP,
+    LABEL_HEIGHT,
+    crop_comparison,
+    crop_size,
+    detailed_crop,
+    sample_grid,
+    to_uint8,
+    zoom,
+)
 
 pytestmark = needs_data
 
@@ -37,6 +46,20 @@ def test_sample_grid_labels_each_column_above_its_zoomed_crop():
     sr = to_uint8(super_resolve(model, sample["lr"][None], 2))
     crop_row = grid[2 * LABEL_HEIGHT + side + GAP :, 2 * (side + GAP) : 2 * (side + GAP) + side]
     assert np.array_equal(crop_row, zoom(sr, box, side))  # the SR column's crop is exactly SR's pixels, enlarged
+
+
+def test_sample_grid_of_the_self_ensemble_shows_its_pixels():
+    """With `ensemble` (validation's `val_ensemble`) the SR column is the ensemble's output, what validation scores."""
+    images = load_images(DataConfig(val=str(DATA / "Set5")), "val")
+    sample = ValImages(images, 2)[1]  # bird, 288 x 288
+    torch.manual_seed(0)
+    model = build_model("espcn", 2).eval()
+    grid = sample_grid(model, sample, 2, ensemble=True)
+    box, side = detailed_crop(sample["hr"], crop_size(sample["hr"])), 288
+    crop_row = grid[2 * LABEL_HEIGHT + side + GAP :, 2 * (side + GAP) : 2 * (side + GAP) + side]
+    ensemble, plain = (to_uint8(super_resolve(model, sample["lr"][None], 2, ensemble=e)) for e in (True, False))
+    assert np.array_equal(crop_row, zoom(ensemble, box, side))
+    assert not np.array_equal(crop_row, zoom(plain, box, side))
 
 
 def test_crop_comparison_has_hr_then_each_method():

@@ -1,5 +1,5 @@
 """What several commands share: the error line and its status, the flag spelling, the help check, and the model
-that `eval` and `upscale` take from a run directory or from the zoo with weights."""
+that `eval` and `upscale` take from a run directory or from the zoo with weights (and their --ensemble's help)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from rich.console import Console
 from torch import nn
 
 from srtrain.config import ConfigError, coerce
+
+ENSEMBLE_HELP = "x8 self-ensemble (EDSR+): the mean over the 8 flips and quarter turns of each image; 8 times slower"
 
 
 def error(err: Exception | str, status: int = 2) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from srtrain.commands.common import add_model_arguments, error, file_in_the_way, load_model, parse
+from srtrain.commands.common import ENSEMBLE_HELP, add_model_arguments, error, file_in_the_way, load_model, parse
 from srtrain.config import ConfigError, DataConfig
 from srtrain.data import DataError
 from srtrain.files import write_text_atomically
@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="psnr_y,ssim_y,psnr_rgb", help=f"comma list of {', '.join(SCORES)}")
     p.add_argument("--tile", type=int, default=0, help="LR tile size for tiled inference (0 = whole image)")
     p.add_argument("--tile_overlap", type=int, default=16, help="LR pixels of context around each tile")
+    p.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP)
     p.add_argument("--split", default="validation", help="split of a Hub id or dataset dict")
     p.add_argument("--hr_column", default="hr")
     p.add_argument("--lr_column", default="lr")
@@ -75,12 +76,19 @@ def main(argv: list[str]) -> int:
                 val=source, val_split=args.split, hr_column=args.hr_column, lr_column=args.lr_column, gray=args.gray
             )
             with autocast(args.mixed_precision, accelerator.device):
-                results.append(evaluate_source(model, data, scale, accelerator, scores, args.tile, args.tile_overlap))
+                results.append(
+                    evaluate_source(
+                        model, data, scale, accelerator, scores, args.tile, args.tile_overlap, args.ensemble
+                    )
+                )
     except (ConfigError, DataError, ValueError) as err:
         return error(err)
     if not accelerator.is_main_process:
         return 0
-    table = Table(title=f"srtrain eval: {args.checkpoint or args.model}, {accelerator.num_processes} process(es)")
+    ensemble = ", x8 self-ensemble" if args.ensemble else ""
+    table = Table(
+        title=f"srtrain eval: {args.checkpoint or args.model}{ensemble}, {accelerator.num_processes} process(es)"
+    )
     for column in ("set", "scale", *scores, "images", "seconds"):
         table.add_column(column, justify="left" if column == "set" else "right")
     for r in results:

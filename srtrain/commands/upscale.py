@@ -4,11 +4,12 @@ upscaled, 1 when some were skipped, 2 on a usage error."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from rich.console import Console
 
-from srtrain.commands.common import add_model_arguments, error, load_model, parse
+from srtrain.commands.common import ENSEMBLE_HELP, add_model_arguments, error, load_model, parse
 from srtrain.config import ConfigError
 from srtrain.models import SCALES
 from srtrain.precision import PRECISIONS
@@ -25,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, choices=SCALES, help="upscale factor (default: the checkpoint's)")
     p.add_argument("--tile", type=int, default=256, help="LR tile size bounding memory (0 = whole image)")
     p.add_argument("--tile_overlap", type=int, default=32, help="LR pixels of context around each tile")
+    p.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP)
     p.add_argument(
         "--mixed_precision", choices=PRECISIONS, default="no", help="autocast (GPU: faster, slightly different output)"
     )
@@ -47,9 +49,14 @@ def main(argv: list[str]) -> int:
     except (ConfigError, UpscaleError, ValueError) as err:
         return error(err)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    failures = run(model, jobs, scale, args.tile, args.tile_overlap, device, args.mixed_precision)
-    done = len(jobs) - len(failures)
-    Console().print(f"{done} of {len(jobs)} image(s) upscaled x{scale} into {args.output} on {device}")
+    start = time.perf_counter()
+    failures = run(model, jobs, scale, args.tile, args.tile_overlap, device, args.mixed_precision, args.ensemble)
+    done, ensemble = len(jobs) - len(failures), " with the x8 self-ensemble" if args.ensemble else ""
+    Console().print(
+        f"{done} of {len(jobs)} image(s) upscaled x{scale}{ensemble} into {args.output} on {device} "
+        f"in {time.perf_counter() - start:.1f} s",
+        soft_wrap=True,
+    )
     if failures:
         Console(stderr=True).print(
             f"[bold red]{len(failures)} failed:[/] " + "; ".join(f"{path} ({why})" for path, why in failures),
