@@ -7,6 +7,7 @@
     PYTHONPATH=. python benchmarks/throughput.py --proxy      # srtrain's own cost per step: a model that costs ~0
     PYTHONPATH=. python benchmarks/throughput.py --gpu --models espcn,imdn,edsr --precisions bf16,no \\
         --sources folder,prepared,device                      # the GPU matrix (benchmarks/gpu_checks.sh 2)
+    PYTHONPATH=. python benchmarks/throughput.py --quick --sources prepared --ema 0.999   # the weight average's cost
 
 Rows, for ESPCN (tiny, data-bound), IMDN (`--models imdn`, small, many small kernels) and EDSR-baseline
 (compute-bound), x4, batch `--batch` (16), 96 px HR patches:
@@ -336,6 +337,7 @@ def main() -> None:
     p.add_argument("--models", default="espcn,edsr", help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--precisions", help="comma list of no, bf16, bf16+channels_last (default: no; --gpu: the two bf16)")
     p.add_argument("--sources", help=f"comma list of {', '.join(SOURCES)} (default: see above)")
+    p.add_argument("--ema", type=float, default=0.0, help="every srtrain run again with --ema=DECAY, interleaved")
     p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True, help="pipeline-only rows")
     p.add_argument("--workers", default="0,1,2", help="loader worker counts (--quick, --compile and --proxy: 0)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "srtrain_throughput")
@@ -402,8 +404,11 @@ def main() -> None:
                     compile_s.setdefault((model, tag), []).append(first_step)
                     for mode in sources:
                         for w in (0,) if mode == "device" else workers:  # the device path cuts in the main process
-                            window, rates = srtrain_rate(job(model, data[mode], images, w, args.batch, extra))
-                            record((model, tag, f"srtrain, {mode}", str(w)), window, rates)
+                            for ema in (0.0, args.ema) if args.ema else (0.0,):
+                                run = job(model, data[mode], images, w, args.batch, [*extra, f"--ema={ema}"])
+                                name = f"srtrain, {mode}" + (f", ema {ema:g}" if ema else "")
+                                window, rates = srtrain_rate(run)
+                                record((model, tag, name, str(w)), window, rates)
             for patch in sorted({MODELS[model].patch for model in models} if args.pipeline else ()):
                 for mode in sources:
                     for w in (0,) if mode == "device" else workers:
