@@ -97,9 +97,11 @@ STEPS = 8  # checkpointed_job's optimizer steps: 4 an epoch, 2 epochs
 
 
 def checkpointed_job(photos: Path, out: Path, *extra: str) -> list[str]:
-    """tiny_job for 2 epochs with a cosine schedule (a resumed learning rate must continue exactly) and a checkpoint
+    """tiny_job for 2 epochs with a cosine schedule (a resumed learning rate must continue exactly), the weight
+    average (`ema`: a resume must restore it exactly too; two processes must keep it identical) and a checkpoint
     every step: what the stop, kill and resume tests run (the `reference` fixture is it, never interrupted)."""
-    return tiny_job(photos, out, "--epochs=2", "--scheduler=cosine", "--min_lr=0.0001", "--checkpoint_every=1", *extra)
+    args = ["--epochs=2", "--scheduler=cosine", "--min_lr=0.0001", "--ema=0.99", "--checkpoint_every=1", *extra]
+    return tiny_job(photos, out, *args)
 
 
 def tiny_grid(train_dir: Path) -> dict:
@@ -134,17 +136,19 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def last_weights(out: Path) -> dict[str, torch.Tensor]:
-    """The weights of a run directory's `checkpoints/last`."""
-    return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
+def last_weights(out: Path, file: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    """The weights (or with `file="ema.safetensors"` the weight average) of a run directory's `checkpoints/last`."""
+    return load_file(str(out / "checkpoints" / "last" / file))
 
 
 def assert_identical(a: Path, b: Path) -> None:
-    """Two runs' last checkpoints hold the same weights, bit for bit."""
-    wa, wb = last_weights(a), last_weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert torch.equal(wa[name], wb[name]), name
+    """Two runs' last checkpoints hold the same weights and weight averages (where they keep one), bit for bit."""
+    averaged = any((out / "checkpoints" / "last" / "ema.safetensors").exists() for out in (a, b))
+    for file in ("model.safetensors", "ema.safetensors") if averaged else ("model.safetensors",):
+        wa, wb = (last_weights(out, file) for out in (a, b))
+        assert wa.keys() == wb.keys(), file
+        for name in wa:
+            assert torch.equal(wa[name], wb[name]), (file, name)
 
 
 def wandb_segments(out: Path) -> list[Path]:

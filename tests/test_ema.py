@@ -1,22 +1,17 @@
-"""The weight average (srtrain/ema.py, `ema`): its update, and a real training with it: saved in every checkpoint,
-restored exactly by a resume from inside an epoch, identical on two processes, validated beside the trained weights
-and used by `srtrain eval` unless `--raw_weights`."""
-
-import signal
+"""The weight average (srtrain/ema.py, `ema`): its update, and a real training with it validated beside the trained
+weights and scored by `srtrain eval` unless `--raw_weights`. That a resume restores it bit for bit, from inside an
+epoch too, and two processes keep it identical, every stop, kill and resume test shows: their job
+(`helpers.checkpointed_job`) keeps one, and `helpers.assert_identical` compares it."""
 
 import pytest
 import torch
 from helpers import (
-    MAIN,
-    checkpointed_job,
     eval_on_tiny_val,
-    launch,
     metrics,
     needs_data,
     srtrain,
     tiny_job,
 )
-from safetensors.torch import load_file
 
 from srtrain.ema import WeightAverage, decay_at
 from srtrain.models import build_model
@@ -42,28 +37,6 @@ def test_an_update_moves_the_average_toward_the_weights_and_a_skipped_one_does_n
     assert not any(p.requires_grad for p in average.model.parameters())
 
 
-def weights(out, name: str = "ema.safetensors") -> dict[str, torch.Tensor]:
-    return load_file(str(out / "checkpoints" / "last" / name))
-
-
-@needs_data
-@pytest.mark.slow
-def test_a_run_killed_mid_epoch_resumes_its_average_bit_for_bit(photo_folder, tmp_path):
-    """`ema: 0.99`, a checkpoint every step, killed in step 3 (mid-epoch 1) then resumed: the trained weights and
-    the average end as the straight run's, bit for bit."""
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    srtrain(checkpointed_job(photo_folder, straight, "--ema=0.99"), tmp_path, wandb="disabled", check=True)
-    proc = srtrain(checkpointed_job(photo_folder, killed, "--ema=0.99"), tmp_path, "kill:step:3", "disabled")
-    assert proc.returncode == -signal.SIGKILL
-    resumed = checkpointed_job(photo_folder, killed, "--ema=0.99", "--resume=auto")
-    srtrain(resumed, tmp_path, wandb="disabled", check=True)
-    for name in ("model.safetensors", "ema.safetensors"):
-        a, b = weights(straight, name), weights(killed, name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    average, trained = weights(straight), weights(straight, "model.safetensors")
-    assert not all(torch.equal(average[k], trained[k]) for k in trained)  # (the average is not the weights)
-
-
 @needs_data
 @pytest.mark.slow
 def test_eval_scores_the_average_as_validation_did_and_the_trained_weights_on_request(photo_folder, tmp_path):
@@ -75,14 +48,3 @@ def test_eval_scores_the_average_as_validation_did_and_the_trained_weights_on_re
     assert row["psnr_y"] != row["raw_psnr_y"]
     assert eval_on_tiny_val(out, tmp_path)["psnr_y"] == pytest.approx(row["psnr_y"], abs=1e-9)
     assert eval_on_tiny_val(out, tmp_path, "--raw_weights")["psnr_y"] == pytest.approx(row["raw_psnr_y"], abs=1e-9)
-
-
-@needs_data
-@pytest.mark.slow
-def test_two_processes_keep_identical_averages(photo_folder, tmp_path):
-    """Two processes: every checkpoint compares the replicas' weights and averages (a difference stops the run)."""
-    out = tmp_path / "run"
-    args = tiny_job(photo_folder, out, "--epochs=1", "--batch_size=4", "--ema=0.9")
-    proc = launch([MAIN, *args], tmp_path, 2, ACCELERATE_USE_CPU="1")
-    assert "weights identical on all 2 processes" in proc.stdout
-    assert weights(out).keys() == weights(out, "model.safetensors").keys()
